@@ -1,0 +1,54 @@
+"""Optimizers: pure per-tensor transforms (transforms.py) under thin torch.optim shells."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Iterable
+
+import torch
+
+from zoft.core import Registry
+from zoft.optim.base import ZOOptimizer
+from zoft.optim.fo import FOAdam, FOSGD
+from zoft.optim.forward_grad import ForwardGrad
+from zoft.optim.transforms import newton_schulz
+from zoft.optim.zo import (JaguarMuon, JaguarSign, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
+                           ZOSGDMomentum, ZOSignSGD)
+
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
+OPTIMIZERS.register("zo-sgd", ZOSGD)
+OPTIMIZERS.register("zo-sgd-mmt", ZOSGDMomentum)
+OPTIMIZERS.register("zo-sgd-sign", ZOSignSGD)
+OPTIMIZERS.register("zo-sgd-cons", ZOSGDCons)
+OPTIMIZERS.register("zo-adam", ZOAdam)
+OPTIMIZERS.register("jaguar-sign", JaguarSign)
+OPTIMIZERS.register("jaguar-muon", JaguarMuon)
+OPTIMIZERS.register("zo-muon", ZOMuon)
+OPTIMIZERS.register("forward-grad", ForwardGrad)
+OPTIMIZERS.register("fo-sgd", FOSGD)
+OPTIMIZERS.register("fo-adam", FOAdam)
+
+
+def list_optimizers() -> list[str]:
+    """Names accepted by :func:`make_optimizer`, sorted."""
+    return OPTIMIZERS.names()
+
+
+def make_optimizer(name: str, params: Iterable, **hparams: Any) -> torch.optim.Optimizer:
+    """Build optimizer ``name`` over ``params``; unknown names or values raise ValueError."""
+    cls = OPTIMIZERS.get(name)
+    if not issubclass(cls, ZOOptimizer) or cls is ForwardGrad:
+        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+        unknown = sorted(set(hparams) - allowed)
+        if unknown:
+            raise ValueError(f"unknown hyperparameter(s) {unknown} for {name}; allowed: {sorted(allowed)}")
+    return cls(params, **hparams)
+
+
+def is_zeroth_order(optimizer: torch.optim.Optimizer) -> bool:
+    """True when the optimizer never calls backward (ForwardGrad uses forward-mode AD)."""
+    return isinstance(optimizer, ZOOptimizer) and not isinstance(optimizer, ForwardGrad)
+
+
+__all__ = ["OPTIMIZERS", "ZOOptimizer", "is_zeroth_order", "list_optimizers", "make_optimizer",
+           "newton_schulz"]

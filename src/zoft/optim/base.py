@@ -1,0 +1,174 @@
+"""The ZO optimizer shell: torch.optim.Optimizer bookkeeping over an estimator and a chain.
+
+One step:
+ 1. the estimator perturbs the parameters in place, calls the closure under torch.no_grad
+    and returns an Estimate: q scalars with their seeded directions, and the displacement
+    it left on the parameters;
+ 2. one pass over the tensors regenerates each direction once, removes the displacement and
+    applies the update in the same pass. For ZO-SGD the update is linear in g, so the pass
+    is p <- (1 - lr wd) p + sum_i (r_i - lr a_i s/eps) u_i without forming g: a central
+    q=1 step generates u three times (+mu, -2mu, restore+update), not MeZO's four.
+    Other chains form g for one tensor at a time (a temporary of that tensor's size).
+
+Returns from ``step``: the loss at the unperturbed point when the estimator evaluated it
+(forward, telescoping), else the mean of the evaluated perturbed losses (central, coordinate).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from zoft.core import Closure, Direction, Estimate, ParamSpace, derive_seed
+from zoft.estimators import make_estimator
+from zoft.optim.transforms import Transform, chain_apply, chain_init
+
+_ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "block_fraction", "block_signs")
+
+
+def check_range(name: str, value: Any, low: float, high: float | None = None,
+                low_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        ok = value > low if low_open else value >= low
+        ok = ok and (high is None or value < high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
+        raise ValueError(f"invalid {name} {value!r}; must be a number {bound}")
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Base shell of every ZO optimizer; subclasses only declare their transform chain.
+
+    Hyperparameters per param group: lr, eps (perturbation size mu), weight_decay and the
+    chain's own (momentum, betas, adam_eps, ns_steps). Optimizer-wide: estimator, q,
+    perturbation, seed and the estimator's options. ``coupled_weight_decay`` adds wd * p to
+    g before the chain (torch.optim.SGD/Adam); otherwise decay is decoupled, p *= 1 - lr wd.
+    """
+
+    chain: Sequence[Transform] = ()
+    coupled_weight_decay = True
+    default_estimator = "central"
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, eps: float = 1e-3, q: int = 1,
+                 estimator: str | None = None, perturbation: str = "gaussian",
+                 weight_decay: float = 0.0, seed: int = 0, **options: Any) -> None:
+        check_range("lr", lr, 0.0)
+        check_range("eps", eps, 0.0, low_open=True)
+        check_range("weight_decay", weight_decay, 0.0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"invalid seed {seed!r}; must be an integer")
+        est_options = {k: options.pop(k) for k in _ESTIMATOR_OPTIONS if k in options}
+        group_defaults = self._group_defaults(**options)
+        self.estimator_name = estimator or self.default_estimator
+        self.estimator = make_estimator(self.estimator_name, q=q, perturbation=perturbation, **est_options)
+        self.config = dict(estimator=self.estimator_name, q=q, perturbation=perturbation, **est_options)
+        self.seed = seed
+        self.steps_taken = 0
+        self.forward_passes = 0
+        super().__init__(params, dict(lr=lr, eps=eps, weight_decay=weight_decay, **group_defaults))
+        for group in self.param_groups:
+            self._check_group(group)
+
+    # -- hyperparameters -------------------------------------------------------------
+    def _group_defaults(self, **options: Any) -> dict:
+        if options:
+            raise ValueError(f"unknown hyperparameter(s) {sorted(options)} for {type(self).__name__}")
+        return {}
+
+    def _check_group(self, group: dict) -> None:
+        check_range("lr", group["lr"], 0.0)
+        check_range("eps", group["eps"], 0.0, low_open=True)
+        check_range("weight_decay", group["weight_decay"], 0.0)
+
+    # -- the step --------------------------------------------------------------------
+    def _tensors(self) -> list[tuple[torch.Tensor, dict]]:
+        return [(p, g) for g in self.param_groups for p in g["params"] if p.requires_grad]
+
+    def _space(self) -> ParamSpace:
+        pairs = self._tensors()
+        return ParamSpace([p for p, _ in pairs], [g["eps"] for _, g in pairs])
+
+    def _reference(self):
+        key = getattr(self.chain[0], "key", None) if self.chain else None
+        if self.config["perturbation"] != "dap" or key is None:
+            return None
+        params = [p for p, _ in self._tensors()]
+        return lambda j, p: self.state[params[j]][key]
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure that returns the loss")
+        for p, _ in self._tensors():
+            if self.chain and not self.state[p]:
+                chain_init(self.chain, p, self.state[p])
+        space = self._space()
+        seed = derive_seed(self.seed, self.steps_taken)
+        est = self.estimator.estimate(closure, space, seed, self._reference())
+        self.forward_passes += est.forward_passes
+        self._update(space, est)
+        self.steps_taken += 1
+        return torch.tensor(est.loss)
+
+    def _update(self, space: ParamSpace, est: Estimate) -> None:
+        pairs = self._tensors()
+        for j, (p, group) in enumerate(pairs):
+            coefs = _coefficients(space, est, j, p)
+            lr, wd = group["lr"], group["weight_decay"]
+            if not self.chain:  # linear in g: fused restore + update, g never formed
+                decay = 1.0 - lr * wd
+                if decay != 1.0:
+                    p.mul_(decay)
+                for d, (r, c) in coefs.items():
+                    d.displace(j, p, r * decay - lr * c)
+                continue
+            g = torch.zeros(p.shape, dtype=torch.float32 if p.dtype != torch.float64 else p.dtype,
+                            device=p.device)
+            for d, (r, c) in coefs.items():
+                u = d.materialize(j, p)
+                if r:
+                    p.add_(u, alpha=r)
+                if c:
+                    g.add_(u, alpha=c)
+            if self.coupled_weight_decay and wd:
+                g.add_(p, alpha=wd)
+            elif wd:
+                p.mul_(1.0 - lr * wd)
+            out = chain_apply(self.chain, g, p, self.state[p], group, _support(est, j, p))
+            p.add_(out, alpha=-lr)
+
+    # -- checkpointing ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["zo"] = {"seed": self.seed, "steps_taken": self.steps_taken,
+                    "forward_passes": self.forward_passes, "config": dict(self.config)}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        zo = state_dict.get("zo")
+        if zo is None:
+            raise ValueError("state_dict has no 'zo' entry: it was not saved by a zoft ZO optimizer")
+        if zo["config"] != self.config:
+            raise ValueError(f"state_dict was saved with {zo['config']}, this optimizer uses {self.config}")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "zo"})
+        self.seed, self.steps_taken = zo["seed"], zo["steps_taken"]
+        self.forward_passes = zo["forward_passes"]
+
+
+def _coefficients(space: ParamSpace, est: Estimate, j: int, p: torch.Tensor) -> dict[Direction, list[float]]:
+    """Per direction: [restore amount, estimate coefficient] for tensor j, both in units of u_j."""
+    out: dict[Direction, list[float]] = {}
+    for r, d in est.pending:
+        out.setdefault(d, [0.0, 0.0])[0] += r * space.step_factor(j)
+    for t in est.terms:
+        out.setdefault(t.direction, [0.0, 0.0])[1] += t.coef * space.grad_factor(j) * t.direction.weight(j, p)
+    return out
+
+
+def _support(est: Estimate, j: int, p: torch.Tensor) -> torch.Tensor | None:
+    rows = [t.direction.support(j, p) for t in est.terms]
+    if any(r is None for r in rows):
+        return None
+    return torch.unique(torch.cat(rows)) if len(rows) > 1 else rows[0]

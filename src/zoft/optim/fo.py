@@ -1,0 +1,53 @@
+"""First-order baselines under the same interface: the closure returns the loss, the
+optimizer runs backward itself. Thin subclasses of torch.optim.SGD / torch.optim.Adam."""
+
+from __future__ import annotations
+
+import torch
+
+from zoft.core import Closure, NonFiniteLossError, loss_value
+
+
+def _backward(optimizer: torch.optim.Optimizer, closure: Closure | None) -> torch.Tensor:
+    if closure is None:
+        raise ValueError(f"{type(optimizer).__name__}.step needs a closure that returns the loss")
+    optimizer.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss = closure()
+        value = loss_value(loss)
+        if value != value or abs(value) == float("inf"):
+            raise NonFiniteLossError(f"loss is {value}; no update was made")
+        loss.backward()
+    return loss.detach()
+
+
+class FOSGD(torch.optim.SGD):
+    """SGD with backprop: step(closure) zeroes grads, calls closure().backward(), updates."""
+
+    forward_passes = 0
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
+                 seed: int = 0) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+    def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
+        loss = _backward(self, closure)
+        super().step()
+        self.forward_passes += 1
+        return loss
+
+
+class FOAdam(torch.optim.Adam):
+    """Adam with backprop, same closure protocol as FOSGD (``adam_eps`` is Adam's epsilon)."""
+
+    forward_passes = 0
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), adam_eps: float = 1e-8,
+                 weight_decay: float = 0.0, seed: int = 0) -> None:
+        super().__init__(params, lr=lr, betas=betas, eps=adam_eps, weight_decay=weight_decay)
+
+    def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
+        loss = _backward(self, closure)
+        super().step()
+        self.forward_passes += 1
+        return loss

@@ -1,0 +1,182 @@
+"""Conformance table for every optimizer: adding an optimizer is adding one row to ROWS."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import zoft
+from problems import Logistic, Quadratic
+
+# name -> (hyperparameters for the quadratic, for the logistic regression)
+ROWS = {
+    "zo-sgd": (dict(lr=0.05, eps=1e-3), dict(lr=0.5, eps=1e-3)),
+    "zo-sgd-mmt": (dict(lr=0.01, eps=1e-3, momentum=0.8), dict(lr=0.1, eps=1e-3, momentum=0.8)),
+    "zo-sgd-sign": (dict(lr=0.01, eps=1e-3), dict(lr=0.02, eps=1e-3)),
+    "zo-sgd-cons": (dict(lr=0.05, eps=1e-3), dict(lr=0.5, eps=1e-3)),
+    "zo-adam": (dict(lr=0.05, eps=1e-3), dict(lr=0.05, eps=1e-3)),
+    "jaguar-sign": (dict(lr=0.01, eps=1e-3, momentum=0.5, block_fraction=0.3),
+                    dict(lr=0.02, eps=1e-3, momentum=0.5, block_fraction=0.3)),
+    "jaguar-muon": (dict(lr=0.01, eps=1e-3, momentum=0.5, block_fraction=0.3),
+                    dict(lr=0.02, eps=1e-3, momentum=0.5, block_fraction=0.3)),
+    "zo-muon": (dict(lr=0.01, eps=1e-3, momentum=0.5), dict(lr=0.05, eps=1e-3, momentum=0.5)),
+    "forward-grad": (dict(lr=0.05), dict(lr=0.5)),
+    "fo-sgd": (dict(lr=0.1), dict(lr=1.0)),
+    "fo-adam": (dict(lr=0.05), dict(lr=0.05)),
+}
+ZO_NAMES = [n for n in ROWS if not n.startswith("fo-")]
+BUDGET = 600  # forward passes per run
+
+
+def test_table_covers_every_registered_optimizer():
+    assert sorted(ROWS) == zoft.list_optimizers()
+
+
+def build(name: str, model: torch.nn.Module, **hp) -> torch.optim.Optimizer:
+    if name == "forward-grad":
+        hp["module"] = model
+    return zoft.make_optimizer(name, model.parameters(), **hp)
+
+
+def run(name: str, model: torch.nn.Module, hp: dict, budget: int = BUDGET) -> float:
+    opt = build(name, model, **hp)
+    while opt.forward_passes < budget:
+        opt.step(model)
+    return float(model())
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+@pytest.mark.parametrize("problem", ["quadratic", "logistic"])
+def test_decreases_loss_within_budget(name, problem):
+    model = Quadratic() if problem == "quadratic" else Logistic()
+    hp = ROWS[name][0 if problem == "quadratic" else 1]
+    start = float(model().detach())
+    final = run(name, model, dict(hp, seed=1))
+    assert final < (0.5 if problem == "quadratic" else 0.8) * start, (start, final)
+
+
+@pytest.mark.parametrize("name", ZO_NAMES)
+def test_same_seed_is_bit_identical(name):
+    runs = []
+    for _ in range(2):
+        model = Quadratic()
+        run(name, model, dict(ROWS[name][0], seed=7), budget=40)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("name", sorted(ROWS))
+def test_state_dict_resume_continues_identically(name):
+    def steps(opt, model, n):
+        for _ in range(n):
+            opt.step(model)
+
+    model = Quadratic()
+    opt = build(name, model, **ROWS[name][0], seed=3)
+    steps(opt, model, 5)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    steps(opt, model, 5)
+
+    resumed = Quadratic()
+    resumed.load_state_dict(saved_model)
+    opt2 = build(name, resumed, **ROWS[name][0], seed=999)  # the seed comes from the state
+    opt2.load_state_dict(saved_opt)
+    steps(opt2, resumed, 5)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["zo-sgd", "zo-sgd-cons"])
+def test_zo_sgd_keeps_no_tensor_state(name):
+    model = Quadratic()
+    opt = build(name, model, **ROWS[name][0])
+    for _ in range(3):
+        opt.step(model)
+    tensors = [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    assert tensors == []
+
+
+@pytest.mark.parametrize("name, buffers", [("zo-sgd-mmt", 1), ("jaguar-sign", 1), ("jaguar-muon", 1),
+                                           ("zo-muon", 1), ("zo-adam", 2), ("zo-sgd-sign", 0)])
+def test_parameter_sized_buffers(name, buffers):
+    model = Quadratic()
+    opt = build(name, model, **ROWS[name][0])
+    opt.step(model)
+    for p in model.parameters():
+        sized = [v for v in opt.state[p].values() if isinstance(v, torch.Tensor) and v.shape == p.shape]
+        assert len(sized) == buffers
+
+
+def test_step_returns_loss_at_x_or_mean_of_evaluations():
+    model = Quadratic()
+    f0 = float(model())
+    loss = build("zo-sgd", model, lr=0.0, estimator="forward").step(model)
+    assert float(loss) == pytest.approx(f0)
+    calls = []
+    loss = build("zo-sgd", model, lr=0.0).step(lambda: calls.append(float(model())) or model())
+    assert float(loss) == pytest.approx(sum(calls) / len(calls))
+
+
+class DenseRecorder:
+    """Wraps an estimator and records the dense estimate it implies (for reference checks)."""
+
+    def __init__(self, inner):
+        self.inner, self.dense = inner, None
+
+    def estimate(self, closure, space, seed, reference=None):
+        est = self.inner.estimate(closure, space, seed, reference)
+        self.dense = []
+        for j, p in enumerate(space.params):
+            g = sum(t.coef * space.grad_factor(j) * t.direction.weight(j, p) * t.direction.materialize(j, p)
+                    for t in est.terms)
+            self.dense.append(g)
+        return est
+
+
+@pytest.mark.parametrize("name, reference, hp", [
+    ("zo-sgd", torch.optim.SGD, dict(lr=0.05, weight_decay=0.1)),
+    ("zo-sgd-mmt", torch.optim.SGD, dict(lr=0.02, momentum=0.9, weight_decay=0.1)),
+    ("zo-adam", torch.optim.Adam, dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.1)),
+])
+def test_matches_torch_optim_given_the_same_dense_estimate(name, reference, hp):
+    model = Quadratic(dtype=torch.float64)
+    twin = copy.deepcopy(model)
+    opt = build(name, model, eps=1e-3, q=2, **hp)
+    opt.estimator = recorder = DenseRecorder(opt.estimator)
+    ref = reference(twin.parameters(), **hp)
+    for _ in range(6):
+        opt.step(model)
+        for p, g in zip(twin.parameters(), recorder.dense):
+            p.grad = g.clone()
+        ref.step()
+        for a, b in zip(model.parameters(), twin.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ZO_NAMES)
+def test_nan_loss_raises_and_restores_parameters(name):
+    model = Quadratic()
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = []
+    bad_call = 1 if name == "forward-grad" else 2  # forward-grad evaluates once per step
+
+    def closure():
+        calls.append(1)
+        return model() * (float("nan") if len(calls) == bad_call else 1.0)
+
+    with pytest.raises(zoft.NonFiniteLossError):
+        build(name, model, **ROWS[name][0]).step(closure)
+    for a, b in zip(model.parameters(), before):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fo-sgd", "fo-adam"])
+def test_fo_baselines_run_backward_themselves(name):
+    model = Quadratic()
+    opt = build(name, model, lr=0.1)
+    opt.step(model)
+    assert all(p.grad is not None for p in model.parameters())
