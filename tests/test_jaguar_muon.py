@@ -1,0 +1,68 @@
+"""JAGUAR's coordinate momentum and the Newton-Schulz orthogonalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoft
+from zoft.optim import newton_schulz
+from zoft.optim.transforms import NS_COEFFICIENTS
+
+
+@pytest.mark.parametrize("name", ["jaguar-sign", "jaguar-muon"])
+def test_unchosen_blocks_keep_their_momentum(name):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(40, 6))
+    opt = zoft.make_optimizer(name, [w], lr=1e-3, eps=1e-2, momentum=0.5, block_fraction=0.1)
+    closure = lambda: (w ** 3).sum()
+    opt.step(closure)
+    first = opt.state[w]["momentum_buffer"].clone()
+    assert int((first.abs().sum(1) > 0).sum()) == 4  # ceil(0.1 * 40) rows estimated
+    opt.step(closure)
+    second = opt.state[w]["momentum_buffer"]
+    changed = (second != first).any(1)
+    assert 0 < int(changed.sum()) <= 4
+    kept = ~changed & (first.abs().sum(1) > 0)
+    assert kept.any(), "some rows estimated at step 1 were not chosen at step 2"
+    assert torch.equal(second[kept], first[kept])  # persisted, not zeroed or decayed
+
+
+def test_jaguar_sign_step_uses_sign_of_momentum_everywhere():
+    w = torch.nn.Parameter(torch.zeros(10, 3))
+    opt = zoft.make_optimizer("jaguar-sign", [w], lr=0.1, eps=1e-2, momentum=0.0, block_fraction=0.2)
+    target = torch.arange(30.0).reshape(10, 3)
+    opt.step(lambda: ((w - target) ** 2).sum())
+    m = opt.state[w]["momentum_buffer"]
+    torch.testing.assert_close(w.detach(), -0.1 * torch.sign(m))
+
+
+def test_newton_schulz_pushes_singular_values_near_one():
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(64, 32), (32, 64), (50, 50)]:
+        m = torch.randn(*shape, generator=gen)
+        s = torch.linalg.svdvals(newton_schulz(m, steps=5))
+        assert 0.6 < float(s.min()) and float(s.max()) < 1.25, (shape, s.min(), s.max())
+        assert newton_schulz(m).shape == m.shape
+
+
+def test_newton_schulz_sign_of_b_matters():
+    """Seed 000 prints b = +4.7750; with that sign the iteration diverges."""
+    assert NS_COEFFICIENTS[1] < 0
+    a, b, c = NS_COEFFICIENTS
+    x = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    x = x / x.norm()
+    for _ in range(5):
+        gram = x.T @ x
+        x = a * x + x @ (-b * gram + c * gram @ gram)
+    assert not torch.isfinite(x).all() or float(torch.linalg.svdvals(x).max()) > 10
+
+
+def test_muon_orthogonalises_matrices_and_falls_back_elsewhere():
+    w = torch.nn.Parameter(torch.zeros(8, 4))
+    b = torch.nn.Parameter(torch.zeros(4))
+    opt = zoft.make_optimizer("zo-muon", [w, b], lr=1.0, eps=1e-3, momentum=0.0, q=4)
+    target_w, target_b = torch.randn(8, 4), torch.randn(4)
+    opt.step(lambda: ((w - target_w) ** 2).sum() + ((b - target_b) ** 2).sum())
+    s = torch.linalg.svdvals(w.detach())
+    assert float(s.max()) < 1.3  # W moved by lr * NS(M): orthogonal-like step
