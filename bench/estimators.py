@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import multiprocessing
 import time
 from pathlib import Path
 
@@ -54,6 +55,7 @@ DTYPE = torch.float64
 DATA_SEED = 1234
 RUN_SEED = 2025
 ZIPF_S = 2.0
+FUNCTIONS = ("f_reg", "f_cls")
 
 # (label, estimator name, options); q is chosen per row to meet the evaluation budget
 ROWS = [
@@ -135,26 +137,45 @@ def measure(estimator, x, closure, grad, eps: float, seeds: int) -> dict:
 
 
 # -- the sweep ----------------------------------------------------------------------------
+ZOFT_LOSS_VALUE = estimator_base.loss_value
+
+
 def exact_loss_value(loss) -> float:
     """zoft.core.loss_value without its float32 cast (benchmark-side diagnostic only)."""
     return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
-def sweep(cfg: dict, qs: dict) -> list[dict]:
+def run_task(task: tuple) -> list[dict]:
+    """Every row x eps for one (loss precision, function, dimension)."""
+    precision, kind, d, cfg = task
+    torch.set_num_threads(1)
+    estimator_base.loss_value = exact_loss_value if precision == "float64" else ZOFT_LOSS_VALUE
+    x, closure, grad = make_problem(kind, d)
     results = []
-    for kind in ("f_reg", "f_cls"):
-        for d in cfg["dims"]:
-            x, closure, grad = make_problem(kind, d)
-            for label, name, opts in ROWS:
-                est = make_estimator(name, q=qs[label], **opts)
-                for eps in cfg["eps"]:
-                    t0 = time.perf_counter()
-                    row = measure(est, x, closure, grad, eps, cfg["seeds"])
-                    results.append(dict(function=kind, dim=d, estimator=label, q=qs[label], eps=eps,
-                                        **row, rel_mse_x_evals=row["rel_mse"] * row["mean_evals"] / cfg["budget"],
-                                        seconds=time.perf_counter() - t0))
-            print(f"  {kind} d={d}: done", flush=True)
+    for label, name, opts in ROWS:
+        est = make_estimator(name, q=cfg["q"][label], **opts)
+        for eps in cfg["eps"]:
+            t0 = time.perf_counter()
+            row = measure(est, x, closure, grad, eps, cfg["seeds"])
+            results.append(dict(loss_precision=precision, function=kind, dim=d, estimator=label,
+                                q=cfg["q"][label], eps=eps, **row,
+                                rel_mse_x_evals=row["rel_mse"] * row["mean_evals"] / cfg["budget"],
+                                seconds=time.perf_counter() - t0))
+    print(f"  loss precision {precision}, {kind}, d={d}: done", flush=True)
     return results
+
+
+def sweep(cfg: dict, workers: int) -> list[dict]:
+    tasks = [(p, kind, d, cfg) for p in cfg["loss_precisions"] for kind in FUNCTIONS for d in cfg["dims"]]
+    tasks.sort(key=lambda t: -t[2])  # largest first: better balance across workers
+    if workers <= 1:
+        chunks = [run_task(t) for t in tasks]
+    else:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            chunks = pool.map(run_task, tasks, chunksize=1)
+    order = {t[:3]: i for i, t in enumerate(sorted(tasks, key=lambda t: (t[0] != "zoft", t[1], t[2])))}
+    chunks = sorted(chunks, key=lambda c: order[(c[0]["loss_precision"], c[0]["function"], c[0]["dim"])])
+    return [r for c in chunks for r in c]
 
 
 # -- outputs ------------------------------------------------------------------------------
@@ -185,41 +206,50 @@ def plot(path: Path, rows: list[dict], cfg: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    funcs, dims = ["f_reg", "f_cls"], cfg["dims"]
-    fig, axes = plt.subplots(len(funcs), len(dims), figsize=(5 * len(dims), 4.2 * len(funcs)), squeeze=False)
-    for i, kind in enumerate(funcs):
+    panels = [(p, kind) for p in cfg["loss_precisions"] for kind in FUNCTIONS]
+    dims = cfg["dims"]
+    fig, axes = plt.subplots(len(panels), len(dims), figsize=(5 * len(dims), 4 * len(panels)), squeeze=False)
+    for i, (precision, kind) in enumerate(panels):
         for k, d in enumerate(dims):
             ax = axes[i][k]
             for label, _, _ in ROWS:
-                pts = [r for r in rows if r["function"] == kind and r["dim"] == d and r["estimator"] == label]
-                q = pts[0]["q"]
-                ax.loglog([r["eps"] for r in pts], [r["rel_mse"] for r in pts], label=f"{label} (q={q})",
-                          ms=4, lw=1.2, **style(label))
-            ax.set_title(f"{kind}, d={d}")
+                pts = select(rows, precision, kind, d, label)
+                ax.loglog([r["eps"] for r in pts], [r["rel_mse"] for r in pts],
+                          label=f"{label} (q={pts[0]['q']})", ms=4, lw=1.2, **style(label))
+            ax.set_title(f"{kind}, d={d}, losses: {PRECISION_NAMES[precision]}", fontsize=10)
             ax.set_xlabel("eps (mu)")
             ax.set_ylabel("E||g_hat - grad||^2 / ||grad||^2")
             ax.grid(True, which="major", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8)
-    fig.suptitle(f"zoft estimators, float64, ~{cfg['budget']} evaluations per estimate, {cfg['seeds']} seeds, "
-                 f"loss precision: {cfg['loss_precision']}")
-    fig.tight_layout(rect=(0, 0.1, 1, 0.97))
-    fig.savefig(path, dpi=110)
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+    fig.suptitle(f"zoft estimators: relative MSE vs eps, float64 parameters, <= {cfg['budget']} evaluations "
+                 f"per estimate (mean), {cfg['seeds']} seeds")
+    fig.tight_layout(rect=(0, 0.05 if len(panels) > 2 else 0.1, 1, 0.98))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+PRECISION_NAMES = dict(zoft="zoft as shipped (float32 cast)", float64="float64 (cast bypassed)")
+
+
+def select(rows, precision, kind, d, label) -> list[dict]:
+    return [r for r in rows if (r["loss_precision"], r["function"], r["dim"], r["estimator"]) ==
+            (precision, kind, d, label)]
 
 
 def print_table(rows: list[dict], cfg: dict) -> None:
     eps = cfg["eps"]
-    for kind in ("f_reg", "f_cls"):
-        for d in cfg["dims"]:
-            print(f"\n{kind}, d={d}: relative MSE E||g_hat-grad||^2/||grad||^2 per eps "
-                  f"(evals = mean evaluations per estimate)")
-            print(f"{'estimator':<22}{'q':>3}{'evals':>7}" + "".join(f"{e:>10.0e}" for e in eps))
-            for label, _, _ in ROWS:
-                pts = {r["eps"]: r for r in rows if r["function"] == kind and r["dim"] == d and r["estimator"] == label}
-                first = pts[eps[0]]
-                print(f"{label:<22}{first['q']:>3}{first['mean_evals']:>7.2f}"
-                      + "".join(f"{pts[e]['rel_mse']:>10.3g}" for e in eps))
+    for precision in cfg["loss_precisions"]:
+        for kind in FUNCTIONS:
+            for d in cfg["dims"]:
+                print(f"\n{kind}, d={d}, losses: {PRECISION_NAMES[precision]} -- relative MSE "
+                      f"E||g_hat-grad||^2/||grad||^2 per eps (evals: mean evaluations per estimate)")
+                print(f"{'estimator':<22}{'q':>3}{'evals':>7}" + "".join(f"{e:>10.0e}" for e in eps))
+                for label, _, _ in ROWS:
+                    pts = {r["eps"]: r for r in select(rows, precision, kind, d, label)}
+                    first = pts[eps[0]]
+                    print(f"{label:<22}{first['q']:>3}{first['mean_evals']:>7.2f}"
+                          + "".join(f"{pts[e]['rel_mse']:>10.3g}" for e in eps))
 
 
 def parse_args():
@@ -228,35 +258,34 @@ def parse_args():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
     ap.add_argument("--seeds", type=int, default=None, help="independent estimates per point")
     ap.add_argument("--budget", type=int, default=8, help="function evaluations per estimate")
-    ap.add_argument("--loss-precision", choices=["zoft", "float64"], default="zoft",
-                    help="zoft: as shipped (losses cast through float32); float64: bypass the cast")
-    ap.add_argument("--tag", default="estimators", help="output file stem")
+    ap.add_argument("--loss-precision", choices=["zoft", "float64", "both"], default="both",
+                    help="zoft: as shipped (losses cast through float32); float64: cast bypassed; both")
+    ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    cfg = dict(QUICK if args.quick else FULL, budget=args.budget, loss_precision=args.loss_precision,
-               quick=args.quick, dtype=str(DTYPE), data_seed=DATA_SEED, run_seed=RUN_SEED, zipf_s=ZIPF_S)
+    precisions = ["zoft", "float64"] if args.loss_precision == "both" else [args.loss_precision]
+    cfg = dict(QUICK if args.quick else FULL, budget=args.budget, loss_precisions=precisions,
+               quick=args.quick, dtype=str(DTYPE), data_seed=DATA_SEED, run_seed=RUN_SEED, zipf_s=ZIPF_S,
+               workers=args.workers)
     if args.seeds:
         cfg["seeds"] = args.seeds
-    if args.loss_precision == "float64":
-        estimator_base.loss_value = exact_loss_value  # diagnostic patch, benchmark process only
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    qs = {label: choose_q(name, opts, cfg["budget"]) for label, name, opts in ROWS}
-    cfg["q"] = qs
-    print(f"q per row for a budget of {cfg['budget']} evaluations: {qs}", flush=True)
-    rows = sweep(cfg, qs)
+    cfg["q"] = {label: choose_q(name, opts, cfg["budget"]) for label, name, opts in ROWS}
+    print(f"q per row for a budget of {cfg['budget']} evaluations: {cfg['q']}", flush=True)
+    rows = sweep(cfg, args.workers)
     wall = time.perf_counter() - t0
     print_table(rows, cfg)
-    (out / f"{args.tag}.json").write_text(json.dumps(
+    (out / "estimators.json").write_text(json.dumps(
         dict(config=cfg, machine=machine_info(), wall_seconds=wall,
              rows={label: dict(estimator=name, **opts) for label, name, opts in ROWS}, results=rows), indent=1))
-    write_csv(out / f"{args.tag}.csv", rows)
-    plot(out / f"{args.tag}.png", rows, cfg)
-    print(f"\nwrote {out}/{args.tag}.json, .csv, .png in {wall:.1f} s")
+    write_csv(out / "estimators.csv", rows)
+    plot(out / "estimators.png", rows, cfg)
+    print(f"\nwrote {out}/estimators.json, .csv, .png; wall time {wall:.1f} s")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ for _ in range(3):
 print(json.dumps({"growth": peak() - before}))
 """
 
-N_TENSORS, NUMEL = 16, 2_000_000  # 16 tensors of 8 MB: 128 MB of parameters
+N_TENSORS, NUMEL = 16, 10_000_000  # 16 tensors of 40 MB: 640 MB of parameters
+# 40 MB > glibc's largest mmap threshold (32 MiB): every tensor-sized block is mmapped and
+# unmapped on free, so peak RSS sees exactly what is alive at once.
 TENSOR_BYTES, TOTAL_BYTES = NUMEL * 4, N_TENSORS * NUMEL * 4
 
 
@@ -34,9 +36,10 @@ def peak_growth(name: str) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])["growth"]
 
 
-# Budget in units of one tensor: zo-sgd's fused pass holds one noise tensor (+ allocator slack,
-# measured 24 MiB = 3 tensors); zo-sgd-sign forms g, u and sign(g) for one tensor (measured 40 MiB).
-@pytest.mark.parametrize("name, tensors", [("zo-sgd", 4), ("zo-sgd-sign", 6)])
+# Budget in units of one tensor (40 MB, large against the few MB of allocator and interpreter
+# noise): zo-sgd's fused pass holds one noise tensor at a time; zo-sgd-sign forms g, u and
+# sign(g) of one tensor. Measured: zo-sgd 1.0 tensor, zo-sgd-sign 4.0. A dense gradient is 16.
+@pytest.mark.parametrize("name, tensors", [("zo-sgd", 2), ("zo-sgd-sign", 5)])
 def test_step_allocates_no_parameter_sized_memory(name, tensors):
     growth = peak_growth(name)
     assert growth < tensors * TENSOR_BYTES, f"{name} grew peak RSS by {growth / 2**20:.1f} MiB"
