@@ -1,18 +1,116 @@
-"""The ``zoft`` command line."""
+"""The ``zoft`` command line: list, train, eval.
+
+Settings merge in order: TrainConfig defaults <- --config FILE (YAML/TOML/JSON) <- flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
-from zoft.estimators import ESTIMATORS
-from zoft.optim import list_optimizers
-from zoft.perturb import PERTURBATIONS
+from zoft.train.config import TrainConfig, read_config_file
+
+FLAGS: list[tuple[str, type, str]] = [
+    ("model", str, "hub id, local folder or alias (zoft list)"),
+    ("dtype", str, "fp32 | bf16 | fp16"),
+    ("device", str, "auto | cpu | cuda"),
+    ("task", str, "task name (zoft list)"),
+    ("data-dir", str, "folder in the official data layout (default: $ZOFT_DATA_DIR, else the hub)"),
+    ("train-size", int, "training examples sampled (MeZO: 1000)"),
+    ("dev-size", int, "dev examples (MeZO: 500)"),
+    ("test-size", int, "test examples (MeZO: 1000)"),
+    ("max-length", int, "tokens per sequence (prompts are cut from the left)"),
+    ("peft", str, "full | lora | prefix | prompt"),
+    ("optimizer", str, "optimizer name (zoft list)"),
+    ("lr", float, "learning rate"),
+    ("eps", float, "ZO perturbation size mu"),
+    ("q", int, "ZO queries per step"),
+    ("estimator", str, "central | forward | telescoping-p3 | telescoping-p4 | coordinate"),
+    ("perturbation", str, "gaussian | rademacher | sphere | dap"),
+    ("momentum", float, "momentum / JAGUAR beta"),
+    ("weight-decay", float, "weight decay (never on biases and norms)"),
+    ("steps", int, "optimizer steps"),
+    ("batch-size", int, "examples per micro-batch"),
+    ("grad-accum", int, "micro-batches per step (ZO: all at the same perturbation)"),
+    ("eval-every", int, "dev evaluation every N steps (0: never)"),
+    ("save-every", int, "checkpoint every N steps"),
+    ("log-every", int, "metrics row every N steps"),
+    ("seed", int, "run seed (data order, ZO seed stream)"),
+    ("out", str, "run directory"),
+]
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key.replace("-", "_"), json.loads(raw)
+    except json.JSONDecodeError:
+        return key.replace("-", "_"), raw
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    for name, kind, help_text in FLAGS:
+        p.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=help_text)
+    p.add_argument("--config", help="YAML/TOML/JSON file with the same keys; flags override it")
+    p.add_argument("--opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="other optimizer hyperparameters, e.g. --opt betas=[0.9,0.99]")
+    p.add_argument("--peft-opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="PEFT options, e.g. --peft-opt lora_r=16")
+    p.add_argument("--tensorboard", action="store_true", default=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    for name, _, _ in FLAGS + [("tensorboard", bool, "")]:
+        key = name.replace("-", "_")
+        if hasattr(args, key):
+            values[key] = getattr(args, key)
+    if args.opt:
+        values["opt_options"] = {**values.get("opt_options", {}), **dict(args.opt)}
+    if args.peft_opt:
+        values["peft_options"] = {**values.get("peft_options", {}), **dict(args.peft_opt)}
+    return TrainConfig.from_dict(values, source=args.config or "command line")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from zoft.train.loop import train
+
+    if args.resume:  # the run's own config; only --steps may extend it
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").exists():
+            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        cfg.out = str(run_dir)
+        cfg.steps = getattr(args, "steps", cfg.steps)
+        summary = train(cfg, resume=True)
+    else:
+        summary = train(config_from_args(args))
+    return 0 if summary.get("status") == "finished" else 1
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from zoft.train.evaluate import evaluate_command
+
+    print(json.dumps(evaluate_command(args.run_dir, config_from_args(args), args.split), indent=2))
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from zoft.estimators import ESTIMATORS
+    from zoft.models import list_model_aliases
+    from zoft.optim import list_optimizers
+    from zoft.peft import SCHEMES
+    from zoft.perturb import PERTURBATIONS
+    from zoft.tasks import TASKS
+
     for title, names in [("optimizers", list_optimizers()), ("estimators", ESTIMATORS.names()),
-                         ("perturbations", PERTURBATIONS)]:
+                         ("perturbations", PERTURBATIONS), ("tasks", TASKS.names()),
+                         ("peft schemes", SCHEMES.names()), ("model aliases", list(list_model_aliases()))]:
         print(f"{title}: {', '.join(names)}")
     return 0
 
@@ -20,14 +118,29 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zoft", description="Zeroth-order fine-tuning of language models")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="print the available optimizers, estimators, perturbations").set_defaults(
+    sub.add_parser("list", help="optimizers, estimators, perturbations, tasks, schemes, models").set_defaults(
         func=_cmd_list)
+    train = sub.add_parser("train", help="fine-tune a model on a task")
+    _add_train_flags(train)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.json)")
+    train.set_defaults(func=_cmd_train)
+    ev = sub.add_parser("eval", help="evaluate zero-shot (--model/--task) or a trained RUN_DIR")
+    ev.add_argument("run_dir", nargs="?", help="a run directory written by zoft train")
+    ev.add_argument("--split", default="test", choices=["dev", "test"])
+    _add_train_flags(ev)
+    ev.set_defaults(func=_cmd_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"zoft: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

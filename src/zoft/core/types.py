@@ -17,8 +17,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def loss_value(loss: torch.Tensor | float) -> float:
-    value = float(loss.detach().float()) if isinstance(loss, torch.Tensor) else float(loss)
-    return value
+    """The loss as a Python float, exactly (float64 losses keep their resolution)."""
+    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
 
 
 class Direction(Protocol):

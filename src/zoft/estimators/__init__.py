@@ -41,6 +41,7 @@ def make_estimator(
     perturbation: str = "gaussian",
     telescoping_law: str = "geometric",
     telescoping_param: float = 0.5,
+    telescoping_terms: int = 8,
     block_fraction: float = 0.1,
     block_signs: str = "rademacher",
 ) -> Estimator:
@@ -64,7 +65,9 @@ def make_estimator(
                 f"invalid telescoping_param {telescoping_param!r} for {telescoping_law}: "
                 "geometric needs 0 < c < 1, zipf needs s > 1"
             )
-        return build(q, perturbation, telescoping_law, telescoping_param)
+        if not isinstance(telescoping_terms, int) or telescoping_terms < 1:
+            raise ValueError(f"invalid telescoping_terms {telescoping_terms!r}; must be an integer >= 1")
+        return build(q, perturbation, telescoping_law, telescoping_param, telescoping_terms)
     return build(q, perturbation)
 
 

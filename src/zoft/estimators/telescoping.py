@@ -10,9 +10,12 @@ and E[P v] = grad f(x) for any v with E[v v^T] = I (default: sphere). The optima
 sequence for a PMF p is mu_n = mu_1 P(N >= n), so p_n = (mu_n - mu_{n+1}) / mu_1:
   geometric(c): P(N = n) = (1 - c) c^(n-1),  mu_n = mu_1 c^(n-1)
   zipf(s):      P(N = n) = n^-s / zeta(s),    mu_n = mu_1 P(N >= n)
-n is capped at ``max_terms`` (its tail mass is lumped into the last term, so the estimator
-is exact for the series truncated there: a bias of order mu_{max_terms}, far below float
-resolution at the default 30 terms of a geometric(0.5) series).
+n is capped at ``max_terms`` (``telescoping_terms``, default 8): its tail mass is lumped into
+the last term, so the estimator is exact for the series truncated there, i.e. it estimates the
+forward difference at mu_{max_terms + 1} (mu / 512 for geometric(0.5)): a bias 512x smaller than
+the forward estimator's at the same mu. A longer series reaches mu_n so small that the
+correction term divides rounding noise by mu_n p_n: with 30 terms the variance in float32 was
+10^3x the central estimator's at mu = 1e-3 (bench/estimators.py), with no gain in bias.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class Telescoping:
         perturbation: str,
         law: Literal["geometric", "zipf"] = "geometric",
         law_param: float = 0.5,
-        max_terms: int = 30,
+        max_terms: int = 8,
     ) -> None:
         self.variant = variant
         self.q = q

@@ -24,7 +24,8 @@ from zoft.core import Closure, Direction, Estimate, ParamSpace, derive_seed
 from zoft.estimators import make_estimator
 from zoft.optim.transforms import Transform, chain_apply, chain_init
 
-_ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "block_fraction", "block_signs")
+_ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "telescoping_terms", "block_fraction",
+                      "block_signs")
 
 
 def check_range(name: str, value: Any, low: float, high: float | None = None,

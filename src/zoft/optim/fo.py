@@ -8,9 +8,11 @@ import torch
 from zoft.core import Closure, NonFiniteLossError, loss_value
 
 
-def _backward(optimizer: torch.optim.Optimizer, closure: Closure | None) -> torch.Tensor:
+def _backward(optimizer: torch.optim.Optimizer, closure: Closure | None) -> torch.Tensor | None:
+    """zero_grad, closure().backward(); with no closure, the gradients already in .grad are used
+    (gradient accumulation done by the caller, as with plain torch.optim)."""
     if closure is None:
-        raise ValueError(f"{type(optimizer).__name__}.step needs a closure that returns the loss")
+        return None
     optimizer.zero_grad(set_to_none=True)
     with torch.enable_grad():
         loss = closure()
@@ -33,7 +35,7 @@ class FOSGD(torch.optim.SGD):
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         loss = _backward(self, closure)
         super().step()
-        self.forward_passes += 1
+        self.forward_passes += loss is not None
         return loss
 
 
@@ -49,5 +51,5 @@ class FOAdam(torch.optim.Adam):
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         loss = _backward(self, closure)
         super().step()
-        self.forward_passes += 1
+        self.forward_passes += loss is not None
         return loss

@@ -1,0 +1,1 @@
+"""Fine-tuning: objective (model + batch -> loss), loop, checkpoints, metering."""

@@ -1,0 +1,97 @@
+"""TrainConfig: every setting of a run, from a YAML/TOML file and/or the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ZO_ONLY = ("eps", "q", "estimator", "perturbation")
+
+
+@dataclass
+class TrainConfig:
+    # model and data
+    model: str = "smollm2-135m"
+    dtype: str = "fp32"
+    device: str = "auto"
+    task: str = "sentiment-demo"
+    data_dir: str | None = None
+    train_size: int = 1000
+    dev_size: int = 500
+    test_size: int = 1000
+    max_length: int = 256
+    max_new_tokens: int = 32
+    # parameter-efficient scheme
+    peft: str = "lora"
+    peft_options: dict[str, Any] = field(default_factory=dict)
+    # optimizer
+    optimizer: str = "zo-sgd"
+    lr: float = 1e-4
+    eps: float | None = None
+    q: int | None = None
+    estimator: str | None = None
+    perturbation: str | None = None
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    opt_options: dict[str, Any] = field(default_factory=dict)
+    # loop
+    steps: int = 200
+    batch_size: int = 16
+    grad_accum: int = 1
+    eval_every: int = 0
+    save_every: int = 100
+    log_every: int = 1
+    seed: int = 0
+    out: str = "runs/latest"
+    tensorboard: bool = False
+
+    def optimizer_hparams(self) -> dict[str, Any]:
+        """Keyword arguments for zoft.make_optimizer (unset ones left to its defaults)."""
+        hp = {"lr": self.lr, "weight_decay": self.weight_decay, "seed": self.seed}
+        for key in (*ZO_ONLY, "momentum"):
+            if getattr(self, key) is not None:
+                hp[key] = getattr(self, key)
+        return {**hp, **self.opt_options}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Keys of a YAML (.yaml/.yml), TOML (.toml) or JSON (.json) file, with dashes as underscores."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"config file {path}: unknown format {path.suffix!r}; use .yaml, .toml or .json")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"config file {path}: {err}") from None
+    except Exception as err:  # yaml.YAMLError carries the line in its message
+        if type(err).__module__.startswith("yaml"):
+            raise ValueError(f"config file {path}: {err}") from None
+        raise
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a mapping of keys, got {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}

@@ -1,0 +1,35 @@
+"""``zoft eval``: a trained run's weights, or a model zero-shot, scored on dev or test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from zoft.train import checkpoint
+from zoft.train.config import TrainConfig
+from zoft.train.session import Session
+
+
+def evaluate_command(run_dir: str | None, cfg: TrainConfig, split: str = "test") -> dict:
+    if run_dir is not None:
+        path = Path(run_dir)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
+        cfg = TrainConfig.from_dict(json.loads((path / "config.json").read_text()))
+    else:
+        cfg.peft, cfg.optimizer, cfg.eps, cfg.q = "full", "zo-sgd", None, None  # zero-shot: no tuning
+    session = Session.build(cfg)
+    source = "zero-shot"
+    if run_dir is not None:
+        weights = Path(run_dir) / checkpoint.BEST
+        if not weights.exists():
+            manifest = json.loads((Path(run_dir) / checkpoint.MANIFEST).read_text())
+            weights = Path(run_dir) / manifest["weights"]
+        checkpoint.load_weights(weights, session.model)
+        source = str(weights)
+    examples = session.splits.test if split == "test" else session.splits.dev
+    result = {"model": cfg.model, "task": cfg.task, "peft": cfg.peft, "split": split, "weights": source,
+              "examples": len(examples), "metrics": session.evaluate(examples)}
+    if run_dir is not None:
+        checkpoint.write_json(Path(run_dir) / f"eval-{split}.json", result)
+    return result

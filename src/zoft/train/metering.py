@@ -1,0 +1,54 @@
+"""What a run costs: wall time (device synchronised before the clock is read), peak memory
+(torch.cuda.max_memory_allocated on GPU, the process's peak resident set on CPU) and forward
+passes (counted by a hook on the model, so every optimizer is counted the same way)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+class Meter:
+    """Counts forward passes of ``model`` while ``counting`` is on; times with sync."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.forward_passes = 0
+        self.counting = False
+        self.elapsed = 0.0
+        self._start: float | None = None
+        model.register_forward_pre_hook(self._count)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _count(self, module, args) -> None:
+        if self.counting:
+            self.forward_passes += 1
+
+    def start(self) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def stop(self) -> None:
+        synchronize(self.device)
+        if self._start is not None:
+            self.elapsed += time.perf_counter() - self._start
+            self._start = None
+
+    def peak_memory(self) -> int:
+        return peak_memory_bytes(self.device)

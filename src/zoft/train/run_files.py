@@ -1,0 +1,83 @@
+"""The files of a run directory: config.json, metrics.jsonl, train.log, summary.json."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from zoft.train import checkpoint
+from zoft.train.config import TrainConfig
+
+
+class RunFiles:
+    def __init__(self, run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
+        self.dir = run_dir
+        self.cfg = cfg
+        if not resume and (run_dir / checkpoint.MANIFEST).exists():
+            raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.writer = self._tensorboard() if cfg.tensorboard else None
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("note: --tensorboard needs the tensorboard package (pip install tensorboard); skipped")
+            return None
+        return SummaryWriter(str(self.dir / "tensorboard"))
+
+    def log(self, message: str) -> None:
+        tqdm.write(message)
+        with open(self.dir / "train.log", "a") as f:
+            f.write(message + "\n")
+
+    def metric(self, **row) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop rows logged after the checkpoint: the resumed run logs them again."""
+        if self.metrics_path.exists():
+            rows = [line for line in self.metrics_path.read_text().splitlines()
+                    if line and json.loads(line)["step"] <= step]
+            self.metrics_path.write_text("".join(r + "\n" for r in rows))
+
+    def summary(self, **fields) -> dict:
+        summary = {"model": self.cfg.model, "task": self.cfg.task, "peft": self.cfg.peft,
+                   "optimizer": self.cfg.optimizer, **fields,
+                   "machine": {"platform": platform.platform(), "torch": torch.__version__,
+                               "device": str(fields.get("device", ""))}}
+        checkpoint.write_json(self.dir / "summary.json", summary)
+        return summary
+
+    def fail(self, message: str) -> dict:
+        self.log(message)
+        return self.summary(status="failed", error=message)
+
+    def finish(self, session, meter, state) -> dict:
+        best = self.dir / checkpoint.BEST
+        if best.exists():
+            checkpoint.load_weights(best, session.model)
+        test = session.evaluate(session.splits.test)
+        trainable, total = session.parameter_counts()
+        metric_name = session.task.metric_name
+        summary = self.summary(
+            status="finished", steps=state["step"], forward_passes=meter.forward_passes,
+            wall_time_s=round(meter.elapsed, 3), peak_memory_bytes=meter.peak_memory(),
+            trainable_params=trainable, total_params=total, best_dev_metric=state["best_dev"],
+            test_metric=test.get(metric_name), metric_name=metric_name, test_metrics=test,
+            device=session.device)
+        self.log(f"done: {metric_name} on test {summary['test_metric']}; files in {self.dir}")
+        if self.writer is not None:
+            self.writer.close()
+        return summary

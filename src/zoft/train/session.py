@@ -1,0 +1,79 @@
+"""Everything a run needs, built from a TrainConfig: model, data, optimizer, objective."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from zoft.models import load_model
+from zoft.optim import OPTIMIZERS, is_zeroth_order, make_optimizer
+from zoft.peft import apply_peft, count_parameters, position_offset
+from zoft.tasks import Example, Task, get_task, load_splits
+from zoft.train.config import TrainConfig
+from zoft.train.objective import Objective, collate, greedy_answers
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters; with weight decay, biases and norm weights (ndim < 2) get none."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not weight_decay:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.ndim >= 2]},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+@dataclass
+class Session:
+    cfg: TrainConfig
+    model: torch.nn.Module
+    tokenizer: Any
+    task: Task
+    splits: Any
+    optimizer: torch.optim.Optimizer
+    objective: Objective
+    device: torch.device
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, log=print) -> "Session":
+        OPTIMIZERS.get(cfg.optimizer)  # unknown names fail before the model loads
+        task = get_task(cfg.task)
+        splits = load_splits(cfg.task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
+        for note in splits.notes:
+            log(f"note: {note}")
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        model = apply_peft(model, cfg.peft, **cfg.peft_options)
+        model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
+        hp = cfg.optimizer_hparams()
+        if cfg.optimizer == "forward-grad":
+            hp["module"] = model
+        optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, cfg.weight_decay), **hp)
+        generation = task.kind == "generation"
+        objective = Objective(model, generation=generation, offset=position_offset(model))
+        device = next(model.parameters()).device
+        return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device)
+
+    @property
+    def zeroth_order(self) -> bool:
+        return is_zeroth_order(self.optimizer)
+
+    def batch(self, examples: Sequence[Example]):
+        return collate(self.tokenizer, examples, self.cfg.max_length,
+                       generation=self.task.kind == "generation").to(self.device)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        return count_parameters(self.model)
+
+    @torch.no_grad()
+    def evaluate(self, examples: Sequence[Example]) -> dict[str, float]:
+        if not examples:
+            return {}
+        if self.task.kind == "generation":
+            preds = greedy_answers(self.model, self.tokenizer, [e.prompt for e in examples],
+                                   self.cfg.max_new_tokens, self.cfg.max_length)
+        else:
+            preds = []
+            for i in range(0, len(examples), self.cfg.batch_size):
+                preds += self.objective.predict(self.batch(examples[i: i + self.cfg.batch_size]))
+        return self.task.score(examples, preds)

@@ -1,0 +1,154 @@
+"""The fine-tuning pipeline on tiny random models: objective, loop, files, resume, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zoft.cli import main
+from zoft.models import load_model
+from zoft.tasks import Example
+from zoft.train.config import TrainConfig
+from zoft.train.loop import train
+from zoft.train.objective import Objective, collate
+
+TINY = dict(model="tiny-llama", task="sentiment-demo", train_size=32, dev_size=8, test_size=8,
+            batch_size=4, max_length=64, log_every=1)
+
+
+def config(tmp_path: Path, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "out": str(tmp_path / "run"), **kw})
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    manifest = json.loads((run_dir / "checkpoint.json").read_text())
+    return load_file(str(run_dir / manifest["weights"]))
+
+
+EXAMPLES = [Example("The movie was fun. It was", (" terrible", " great"), 1),
+            Example("A dull, long film. It was", (" terrible", " great"), 0),
+            Example("Pick one:", (" a", " bb", " ccc"), 2)]
+
+
+@pytest.mark.parametrize("arch", ["tiny-llama", "tiny-opt", "tiny-gpt2"])
+def test_scored_logits_equal_the_full_forward(arch):
+    model, tok = load_model(arch)
+    batch = collate(tok, EXAMPLES, max_length=64)
+    lp = Objective(model).token_logprobs(batch)
+    with torch.no_grad():
+        full = torch.log_softmax(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.float(), -1)
+    expected = full[batch.rows, batch.cols].gather(1, batch.targets[:, None])[:, 0]
+    torch.testing.assert_close(lp, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_collate_scores_exactly_the_candidate_tokens():
+    _, tok = load_model("tiny-llama")
+    batch = collate(tok, EXAMPLES[:1], max_length=64)
+    for s, cand in enumerate(EXAMPLES[0].candidates):
+        ids = tok(cand, add_special_tokens=False)["input_ids"]
+        assert batch.targets[batch.segments == s].tolist() == ids
+        cols = batch.cols[batch.segments == s]
+        assert batch.input_ids[s, cols + 1].tolist() == ids  # position t predicts token t + 1
+    assert batch.sizes.tolist() == [2] and batch.labels.tolist() == [1]
+
+
+def test_classification_loss_is_cross_entropy_over_candidate_scores():
+    model, tok = load_model("tiny-llama")
+    obj = Objective(model)
+    batch = collate(tok, EXAMPLES, max_length=64)
+    scores = obj.sequence_scores(batch)
+    expected = torch.stack([torch.nn.functional.cross_entropy(scores[f:f + n][None], torch.tensor([y]))
+                            for f, n, y in [(0, 2, 1), (2, 2, 0), (4, 3, 2)]]).mean()
+    torch.testing.assert_close(obj.loss(batch), expected)
+
+
+def test_train_writes_config_metrics_and_summary(tmp_path):
+    summary = train(config(tmp_path, steps=4, eval_every=2))
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert {"step", "loss", "lr", "forward_passes", "wall_time_s", "peak_memory_bytes"} <= set(train_rows[0])
+    assert train_rows[-1]["forward_passes"] == 8  # central q=1: 2 forward passes per step
+    assert any("dev_accuracy" in r for r in rows)
+    for key in ["model", "task", "peft", "optimizer", "steps", "forward_passes", "wall_time_s",
+                "peak_memory_bytes", "trainable_params", "best_dev_metric", "test_metric", "metric_name"]:
+        assert key in summary
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())).steps == 4
+
+
+@pytest.mark.parametrize("optimizer, peft, extra", [
+    ("zo-sgd", "lora", {}), ("zo-adam", "full", {}), ("jaguar-sign", "lora", {}),
+    ("fo-adam", "lora", {}), ("zo-sgd", "prefix", {"grad_accum": 2}), ("fo-sgd", "full", {"grad_accum": 2}),
+])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, optimizer, peft, extra):
+    lr = 1e-3 if optimizer.startswith("fo") else 1e-2
+    straight = config(tmp_path / "a", optimizer=optimizer, peft=peft, lr=lr, steps=6, save_every=3, **extra)
+    train(straight)
+    first = config(tmp_path / "b", optimizer=optimizer, peft=peft, lr=lr, steps=3, save_every=3, **extra)
+    train(first)
+    first.steps = 6
+    train(first, resume=True)
+    a, b = final_weights(tmp_path / "a" / "run"), final_weights(tmp_path / "b" / "run")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt"])
+def test_every_peft_scheme_trains_with_zo(tmp_path, peft):
+    summary = train(config(tmp_path, peft=peft, steps=2, lr=1e-3, eps=1e-2))
+    assert summary["status"] == "finished" and summary["trainable_params"] > 0
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    cfg = config(tmp_path, steps=6, save_every=2)
+    calls = {"n": 0}
+    real = Objective.loss
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        loss = real(self, batch)
+        return loss * float("nan") if calls["n"] > 6 else loss  # step 4's first evaluation
+
+    monkeypatch.setattr(Objective, "loss", flaky)
+    summary = train(cfg)
+    assert summary["status"] == "failed" and "nan" in summary["error"]
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 2
+
+
+def test_cli_train_config_file_and_overrides(tmp_path, capsys):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("model: tiny-gpt2\ntask: sentiment-demo\nsteps: 5\nbatch-size: 2\n"
+                        "train_size: 16\ndev_size: 4\ntest_size: 4\npeft: full\nmax_length: 48\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg_file), "--steps", "2", "--out", str(out), "--opt", "q=2"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["steps"] == 2 and saved["model"] == "tiny-gpt2" and saved["opt_options"] == {"q": 2}
+    assert main(["eval", str(out)]) == 0
+    assert json.loads((out / "eval-test.json").read_text())["metrics"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose one of"),
+    (["train", "--task", "imdb"], "unknown task 'imdb'"),
+    (["train", "--model", "tiny-llama", "--peft", "ia3"], "ia3"),
+    (["train", "--model", "tiny-llama", "--optimizer", "fo-sgd", "--eps", "0.1"], "eps"),
+    (["train", "--config", "missing.yaml"], "missing.yaml"),
+])
+def test_bad_names_exit_non_zero_with_the_choices(tmp_path, capsys, argv, message):
+    assert main(argv + ["--out", str(tmp_path / "r"), "--steps", "1", "--train-size", "8"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    train(config(tmp_path, steps=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config(tmp_path, steps=1))
