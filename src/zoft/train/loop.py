@@ -79,7 +79,7 @@ def take_step(s: Session, batches) -> float:
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"loss is {float(loss)}; no update was made")
         loss.backward()
-        total += float(loss)
+        total += float(loss.detach())
     s.optimizer.step()
     return total
 

