@@ -26,7 +26,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("peft", str, "full | lora | prefix | prompt"),
     ("optimizer", str, "optimizer name (zoft list)"),
     ("lr", float, "learning rate"),
-    ("eps", float, "ZO perturbation size mu"),
+    ("eps", float, "ZO perturbation size mu (default by scheme: full 1e-3, lora 1e-2, prefix and prompt 1e-1)"),
     ("q", int, "ZO queries per step"),
     ("estimator", str, "central | forward | telescoping-p3 | telescoping-p4 | coordinate"),
     ("perturbation", str, "gaussian | rademacher | sphere | dap"),

@@ -51,6 +51,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     chain: Sequence[Transform] = ()
     coupled_weight_decay = True
     default_estimator = "central"
+    external_loop = False
+    """Set by framework adapters whose loop calls step() without a closure after the real
+    step: such a call is then a no-op instead of an error."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, eps: float = 1e-3, q: int = 1,
                  estimator: str | None = None, perturbation: str = "gaussian",
@@ -101,6 +104,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
         if closure is None:
+            if self.external_loop:
+                return None  # type: ignore[return-value]
             raise ValueError(f"{type(self).__name__}.step needs a closure that returns the loss")
         for p, _ in self._tensors():
             if self.chain and not self.state[p]:

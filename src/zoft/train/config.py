@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 ZO_ONLY = ("eps", "q", "estimator", "perturbation")
+DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
+"""MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
 
 
 @dataclass
@@ -55,6 +57,8 @@ class TrainConfig:
         for key in (*ZO_ONLY, "momentum"):
             if getattr(self, key) is not None:
                 hp[key] = getattr(self, key)
+        if "eps" not in hp and not self.optimizer.startswith(("fo-", "forward-grad")):
+            hp["eps"] = DEFAULT_EPS.get(self.peft, 1e-3)
         return {**hp, **self.opt_options}
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from tqdm import tqdm
 
 from zoft.models import load_model
 from zoft.optim import OPTIMIZERS, is_zeroth_order, make_optimizer
@@ -36,7 +38,7 @@ class Session:
     device: torch.device
 
     @classmethod
-    def build(cls, cfg: TrainConfig, log=print) -> "Session":
+    def build(cls, cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> "Session":
         OPTIMIZERS.get(cfg.optimizer)  # unknown names fail before the model loads
         task = get_task(cfg.task)
         splits = load_splits(cfg.task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
@@ -74,6 +76,7 @@ class Session:
                                    self.cfg.max_new_tokens, self.cfg.max_length)
         else:
             preds = []
-            for i in range(0, len(examples), self.cfg.batch_size):
-                preds += self.objective.predict(self.batch(examples[i: i + self.cfg.batch_size]))
+            step = self.cfg.batch_size
+            for i in tqdm(range(0, len(examples), step), desc="evaluate", unit="batch", leave=False):
+                preds += self.objective.predict(self.batch(examples[i: i + step]))
         return self.task.score(examples, preds)
