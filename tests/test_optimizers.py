@@ -180,3 +180,13 @@ def test_fo_baselines_run_backward_themselves(name):
     opt = build(name, model, lr=0.1)
     opt.step(model)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", [n for n in ZO_NAMES if n != "forward-grad"])
+def test_half_precision_parameters_train(name, dtype):
+    model = Quadratic().to(dtype)
+    start = float(model().detach())
+    final = run(name, model, dict(ROWS[name][0], eps=1e-2, seed=1), budget=300)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert final < 0.8 * start, (start, final)

@@ -165,3 +165,47 @@ def test_real_smollm2_trains_on_sst2(tmp_path):
                                 test_size=16, out=str(tmp_path / "run")))
     assert summary["status"] == "finished" and summary["forward_passes"] == 6
     assert 0.0 <= summary["test_metric"] <= 1.0 and summary["trainable_params"] == 460_800
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch):
+    import signal
+
+    import zoft.train.loop as loop
+
+    real = loop.take_step
+    calls = {"n": 0}
+
+    def interrupted_step(session, batches):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: deferred to the step's end
+        return real(session, batches)
+
+    monkeypatch.setattr(loop, "take_step", interrupted_step)
+    cfg = config(tmp_path, steps=5, save_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 2
+    monkeypatch.setattr(loop, "take_step", real)
+    train(cfg, resume=True)
+    straight = config(tmp_path / "s", steps=5, save_every=100)
+    train(straight)
+    a, b = final_weights(tmp_path / "run"), final_weights(tmp_path / "s" / "run")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_zero_shot_eval_from_the_cli(capsys):
+    assert main(["eval", "--model", "tiny-opt", "--task", "sentiment-demo", "--test-size", "8"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["weights"] == "zero-shot" and result["examples"] == 8 and "accuracy" in result["metrics"]
+
+
+def test_malformed_data_file_is_one_line_error_naming_file_and_line(tmp_path, capsys):
+    (tmp_path / "COPA").mkdir()
+    good = '{"premise": "p.", "choice1": "a.", "choice2": "b.", "question": "effect", "label": 0, "idx": 0}\n'
+    (tmp_path / "COPA" / "train.jsonl").write_text(good * 3 + '{"premise": "broken\n')
+    (tmp_path / "COPA" / "val.jsonl").write_text(good * 3)
+    code = main(["train", "--model", "tiny-llama", "--task", "copa", "--data-dir", str(tmp_path),
+                 "--out", str(tmp_path / "r"), "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "train.jsonl" in err and "line 4" in err and len(err.splitlines()) == 1

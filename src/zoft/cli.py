@@ -133,10 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from zoft.tasks.data import DataUnavailableError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, DataUnavailableError) as err:
         print(f"zoft: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
