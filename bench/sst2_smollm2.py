@@ -75,7 +75,8 @@ def write(out: Path, rows: list[dict], args) -> None:
     (out / "sst2_smollm2.json").write_text(json.dumps(dict(rows=rows, machine=machine, args=vars(args)), indent=2))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    cell = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines += ["| " + " | ".join(cell(r[k]) if k in r else "" for k in keys) + " |" for r in rows]
     (out / "sst2_smollm2.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
