@@ -100,6 +100,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from zoft.bench import build_report, expand_spec, load_spec, run_grid
+
+    cells = expand_spec(load_spec(args.spec), quick=args.quick)
+    out = Path(args.out)
+    records = run_grid(cells, out)
+    build_report(out)
+    failed = [r for r in records if r["summary"].get("status") != "finished"]
+    print(f"{len(records) - len(failed)} of {len(records)} cells finished; tables in {out / 'tables.md'}")
+    return 1 if failed else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from zoft.bench import build_report
+
+    rows = build_report(Path(args.out))
+    print(f"{len(rows)} cells; wrote {Path(args.out) / 'results.csv'}, tables.md and plots")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from zoft.estimators import ESTIMATORS
     from zoft.models import list_model_aliases
@@ -129,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["dev", "test"])
     _add_train_flags(ev)
     ev.set_defaults(func=_cmd_eval)
+    bench = sub.add_parser("bench", help="run a grid of training runs from a YAML spec (resumable)")
+    bench.add_argument("spec", help="grid spec (YAML/TOML/JSON): base, grid, per_optimizer, quick")
+    bench.add_argument("--out", required=True, help="folder for cells/, results.csv, tables.md, plots")
+    bench.add_argument("--quick", action="store_true", help="apply the spec's quick overrides (minutes)")
+    bench.set_defaults(func=_cmd_bench)
+    report = sub.add_parser("report", help="rebuild results.csv, tables.md and plots of a bench folder")
+    report.add_argument("out", help="a folder written by zoft bench")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

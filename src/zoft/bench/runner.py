@@ -1,0 +1,53 @@
+"""Run every cell of a grid as its own ``zoft train`` process (clean peak-memory figures).
+
+Resumable: a cell whose summary.json says finished is skipped; one with a checkpoint is
+resumed; a failed one (non-finite loss, crash) is recorded and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from zoft.bench.grid import Cell
+from zoft.train.checkpoint import MANIFEST, write_json
+
+
+def cell_dir(out: Path, cell: Cell) -> Path:
+    return out / "cells" / cell.key
+
+
+def run_cell(out: Path, cell: Cell, log: Callable[[str], None]) -> dict:
+    """The cell's summary, running or resuming ``zoft train`` when it is not finished."""
+    folder = cell_dir(out, cell)
+    summary_path = folder / "summary.json"
+    if summary_path.exists() and json.loads(summary_path.read_text()).get("status") == "finished":
+        return json.loads(summary_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "cell.json", {"varied": cell.varied, "config": cell.config})
+    if (folder / MANIFEST).exists():
+        argv = ["train", "--resume", str(folder)]
+    else:
+        write_json(folder / "train_config.json", cell.config)
+        argv = ["train", "--config", str(folder / "train_config.json"), "--out", str(folder)]
+    with open(folder / "stderr.log", "a") as err:
+        proc = subprocess.run([sys.executable, "-m", "zoft", *argv], stdout=subprocess.DEVNULL, stderr=err)
+    if summary_path.exists():
+        return json.loads(summary_path.read_text())
+    log(f"cell {cell.key} {cell.varied} exited {proc.returncode}; see {folder / 'stderr.log'}")
+    return {"status": "crashed", "returncode": proc.returncode}
+
+
+def run_grid(cells: list[Cell], out: Path, log: Callable[[str], None] = tqdm.write) -> list[dict]:
+    """Run (or skip) every cell; returns one record per cell: its config, varied keys and summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for cell in tqdm(cells, desc=f"grid {out.name}", unit="cell"):
+        summary = run_cell(out, cell, log)
+        records.append({"key": cell.key, "varied": cell.varied, "config": cell.config, "summary": summary})
+    return records
