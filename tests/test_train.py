@@ -198,6 +198,7 @@ def test_zero_shot_eval_from_the_cli(capsys):
     assert main(["eval", "--model", "tiny-opt", "--task", "sentiment-demo", "--test-size", "8"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["weights"] == "zero-shot" and result["examples"] == 8 and "accuracy" in result["metrics"]
+    assert result["peak_memory_bytes"] > 0
 
 
 def test_malformed_data_file_is_one_line_error_naming_file_and_line(tmp_path, capsys):

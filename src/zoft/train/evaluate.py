@@ -7,6 +7,7 @@ from pathlib import Path
 
 from zoft.train import checkpoint
 from zoft.train.config import TrainConfig
+from zoft.train.metering import peak_memory_bytes, reset_peak_memory
 from zoft.train.session import Session
 
 
@@ -28,8 +29,11 @@ def evaluate_command(run_dir: str | None, cfg: TrainConfig, split: str = "test")
         checkpoint.load_weights(weights, session.model)
         source = str(weights)
     examples = session.splits.test if split == "test" else session.splits.dev
+    reset_peak_memory(session.device)  # inference peak: model loading does not count
+    metrics = session.evaluate(examples)
     result = {"model": cfg.model, "task": cfg.task, "peft": cfg.peft, "split": split, "weights": source,
-              "examples": len(examples), "metrics": session.evaluate(examples)}
+              "examples": len(examples), "metrics": metrics,
+              "peak_memory_bytes": peak_memory_bytes(session.device)}
     if run_dir is not None:
         checkpoint.write_json(Path(run_dir) / f"eval-{split}.json", result)
     return result
