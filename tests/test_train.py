@@ -51,8 +51,8 @@ def test_collate_scores_exactly_the_candidate_tokens():
     batch = collate(tok, EXAMPLES[:1], max_length=64)
     for s, cand in enumerate(EXAMPLES[0].candidates):
         ids = tok(cand, add_special_tokens=False)["input_ids"]
-        assert batch.targets[batch.segments == s].tolist() == ids
-        cols = batch.cols[batch.segments == s]
+        assert batch.targets[batch.rows == s].tolist() == ids
+        cols = batch.cols[batch.rows == s]
         assert batch.input_ids[s, cols + 1].tolist() == ids  # position t predicts token t + 1
     assert batch.sizes.tolist() == [2] and batch.labels.tolist() == [1]
 
@@ -86,6 +86,7 @@ def test_train_writes_config_metrics_and_summary(tmp_path):
 @pytest.mark.parametrize("optimizer, peft, extra", [
     ("zo-sgd", "lora", {}), ("zo-adam", "full", {}), ("jaguar-sign", "lora", {}),
     ("fo-adam", "lora", {}), ("zo-sgd", "prefix", {"grad_accum": 2}), ("fo-sgd", "full", {"grad_accum": 2}),
+    ("forward-grad", "lora", {"grad_accum": 2}),
 ])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, optimizer, peft, extra):
     lr = 1e-3 if optimizer.startswith("fo") else 1e-2

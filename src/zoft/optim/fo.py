@@ -3,6 +3,8 @@ optimizer runs backward itself. Thin subclasses of torch.optim.SGD / torch.optim
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from zoft.core import Closure, NonFiniteLossError, loss_value
@@ -17,7 +19,7 @@ def _backward(optimizer: torch.optim.Optimizer, closure: Closure | None) -> torc
     with torch.enable_grad():
         loss = closure()
         value = loss_value(loss)
-        if value != value or abs(value) == float("inf"):
+        if not math.isfinite(value):
             raise NonFiniteLossError(f"loss is {value}; no update was made")
         loss.backward()
     return loss.detach()

@@ -16,6 +16,7 @@ beta 1e-2, the defaults here. Muon: K. Jordan 2024.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -151,7 +152,7 @@ class ZOSGDCons(ZOOptimizer):
 
     def _eval(self, closure, space, est, lrs, at: float) -> float:
         value = loss_value(closure())
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             self._move(space, est, 0.0, -at, lrs)
             raise NonFiniteLossError(f"loss is {value} at a ZO-SGD-Cons trial point; parameters restored")
         return value

@@ -68,10 +68,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 
 def take_step(s: Session, batches) -> float:
     """One optimizer step over grad_accum micro-batches; returns the loss as a float."""
-    if s.zeroth_order:  # every micro-batch at the same perturbation
+    if s.closure_driven:  # ZO: every micro-batch at the same perturbation (forward-grad: tangent)
         return float(s.optimizer.step(lambda: torch.stack([s.objective.loss(b) for b in batches]).mean()))
-    if s.cfg.grad_accum == 1:
-        return float(s.optimizer.step(lambda: s.objective.loss(batches[0])))
     s.optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for b in batches:
@@ -84,7 +82,7 @@ def take_step(s: Session, batches) -> float:
     return total
 
 
-def evaluate_dev(s: Session, files: "RunFiles", state: dict) -> float | None:
+def evaluate_dev(s: Session, files: RunFiles, state: dict) -> float | None:
     metrics = s.evaluate(s.splits.dev)
     value = next(iter(metrics.values()), None)
     files.metric(step=state["step"], **{f"dev_{k}": v for k, v in metrics.items()})

@@ -24,8 +24,8 @@ class Batch:
     """Padded candidate sequences and where they are scored.
 
     input_ids, attention_mask: (S, T) for S candidate sequences.
-    rows, cols, targets: (N,) scored positions: logits at (rows, cols) predict targets.
-    segments: (N,) the sequence each scored position belongs to.
+    rows, cols, targets: (N,) scored positions: logits at (rows, cols) predict targets
+    (rows is also the sequence each scored position belongs to).
     owners: (S,) the example each sequence belongs to; labels: (E,) gold index per example
     (-1 if none); first: (E,) index of each example's first sequence; sizes: candidates each.
     """
@@ -35,7 +35,6 @@ class Batch:
     rows: torch.Tensor
     cols: torch.Tensor
     targets: torch.Tensor
-    segments: torch.Tensor
     owners: torch.Tensor
     labels: torch.Tensor
     first: torch.Tensor
@@ -85,8 +84,7 @@ def collate(tokenizer, examples: Sequence[Example], max_length: int = 256,
         targets += ids[start:]
     labels = [ex.label if ex.label is not None else -1 for ex in examples]
     t = lambda xs: torch.tensor(xs, dtype=torch.long)
-    return Batch(input_ids, mask, t(rows), t(cols), t(targets), t(rows), t(owners), t(labels),
-                 t(first), t(sizes))
+    return Batch(input_ids, mask, t(rows), t(cols), t(targets), t(owners), t(labels), t(first), t(sizes))
 
 
 @contextmanager
@@ -125,10 +123,8 @@ class Objective:
         """(S,) mean log-prob of each candidate's tokens (length-normalised)."""
         lp = self.token_logprobs(batch)
         n_seq = batch.input_ids.shape[0]
-        total = torch.zeros(n_seq, dtype=lp.dtype, device=lp.device).index_add_(0, batch.segments, lp)
-        count = torch.zeros(n_seq, dtype=lp.dtype, device=lp.device).index_add_(
-            0, batch.segments, torch.ones_like(lp))
-        return total / count
+        total = torch.zeros(n_seq, dtype=lp.dtype, device=lp.device).index_add_(0, batch.rows, lp)
+        return total / torch.bincount(batch.rows, minlength=n_seq).to(lp.dtype)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         if self.generation:

@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from zoft.models import load_model
-from zoft.optim import OPTIMIZERS, is_zeroth_order, make_optimizer
+from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
 from zoft.train.config import TrainConfig
@@ -50,6 +50,8 @@ class Session:
         hp = cfg.optimizer_hparams()
         if cfg.optimizer == "forward-grad":
             hp["module"] = model
+            # torch's fused CPU attention kernels have no forward-mode AD (jvp): use eager attention
+            model.set_attn_implementation("eager")
         optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, cfg.weight_decay), **hp)
         generation = task.kind == "generation"
         objective = Objective(model, generation=generation, offset=position_offset(model))
@@ -57,8 +59,10 @@ class Session:
         return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device)
 
     @property
-    def zeroth_order(self) -> bool:
-        return is_zeroth_order(self.optimizer)
+    def closure_driven(self) -> bool:
+        """True for optimizers that evaluate the closure themselves (ZO and forward-grad);
+        False for the backprop baselines, whose gradients the loop accumulates."""
+        return isinstance(self.optimizer, ZOOptimizer)
 
     def batch(self, examples: Sequence[Example]):
         return collate(self.tokenizer, examples, self.cfg.max_length,
