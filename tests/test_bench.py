@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,59 @@ def test_tiny_grid_end_to_end_then_skip_and_report(tmp_path):
     assert main(["report", str(out)]) == 0 and (out / "tables.md").exists()
     zo = [r for r in rows if r["optimizer"] == "zo-sgd"]
     assert all(json.loads(r["config"])["steps"] == 2 for r in zo)
+
+
+def test_zero_shot_cells_exclusions_quick_axes_and_pieces(tmp_path):
+    from zoft.bench.grid import select
+
+    path = tmp_path / "spec.yaml"
+    path.write_text("""
+zero_shot: true
+base: {model: tiny-llama, peft: lora, steps: 3}
+grid: {task: [sst2, copa], optimizer: [zo-sgd, fo-adam], seed: [0, 1]}
+exclude: [{optimizer: fo-adam, task: copa}]
+quick: {task: [sst2], seed: [0], steps: 1}
+""")
+    cells = expand_spec(load_spec(path))
+    zero = [c for c in cells if c.varied["optimizer"] == "zero-shot"]
+    assert [c.varied["task"] for c in zero] == ["sst2", "copa"] and all(c.config["steps"] == 0 for c in zero)
+    assert len(cells) == 2 + 2 * 2 + 1 * 2  # zero-shot per task; fo-adam x copa excluded
+    assert not any(c.varied["optimizer"] == "fo-adam" and c.varied["task"] == "copa" for c in cells)
+    quick = expand_spec(load_spec(path), quick=True)
+    assert {(c.varied["optimizer"], c.varied["task"]) for c in quick} == {
+        ("zero-shot", "sst2"), ("zo-sgd", "sst2"), ("fo-adam", "sst2")}
+    assert all(c.config["steps"] == 1 for c in quick if c.varied["optimizer"] != "zero-shot")
+    piece = select(cells, ["task=sst2", "seed=1"])
+    assert {c.varied["optimizer"] for c in piece} == {"zo-sgd", "fo-adam"} and len(piece) == 2
+    assert [c.key for c in select(cells, ["optimizer=zero-shot"])] == [c.key for c in zero]
+    with pytest.raises(ValueError, match="unknown key"):
+        select(cells, ["sed=1"])
+
+
+def test_zero_shot_cell_scores_the_untrained_model(tmp_path):
+    spec, out = tmp_path / "spec.yaml", tmp_path / "out"
+    spec.write_text("""
+zero_shot: true
+base: {model: tiny-llama, task: sentiment-demo, peft: lora, steps: 2, batch_size: 2, train_size: 8,
+       dev_size: 4, test_size: 4, eval_every: 2, max_length: 48}
+grid: {optimizer: [zo-sgd]}
+""")
+    assert main(["bench", str(spec), "--out", str(out), "--only", "optimizer=zero-shot"]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(r["optimizer"], r["steps"], r["forward_passes"]) for r in rows] == [("zero-shot", "0", "0")]
+    assert rows[0]["best_dev_metric"] != "" and rows[0]["test_metric"] != ""
+    assert "zero-shot" in (out / "tables.md").read_text()
+
+
+SPECS = sorted((Path(__file__).parents[1] / "bench" / "specs").glob("*.yaml"))
+
+
+@pytest.mark.skipif(not os.environ.get("ZOFT_DATA_DIR"), reason="the specs read real tasks: ZOFT_DATA_DIR is not set")
+@pytest.mark.parametrize("spec", SPECS, ids=[p.stem for p in SPECS])
+def test_every_shipped_spec_runs_in_quick_mode(tmp_path, spec):
+    """Each spec's --quick mode (tiny models, a few cells) runs end to end and reports."""
+    cells = expand_spec(load_spec(spec), quick=True)
+    assert 0 < len(cells) <= 6 and all(c.config["model"].startswith(("tiny-", "random-opt-125m")) for c in cells)
+    assert main(["bench", str(spec), "--out", str(tmp_path), "--quick"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert len(rows) == len(cells) and all(r["status"] == "finished" for r in rows)

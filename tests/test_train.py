@@ -211,3 +211,12 @@ def test_malformed_data_file_is_one_line_error_naming_file_and_line(tmp_path, ca
                  "--out", str(tmp_path / "r"), "--steps", "1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "train.jsonl" in err and "line 4" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("optimizer, per_step", [("zo-sgd", 2), ("fo-sgd", 1)])
+def test_forward_budget_stops_training_and_dev_is_scored_at_the_end(tmp_path, optimizer, per_step):
+    summary = train(config(tmp_path, optimizer=optimizer, steps=100, forward_budget=5, eval_every=4))
+    steps = -(-5 // per_step)  # the step that crosses the budget is finished
+    assert summary["steps"] == steps and summary["forward_passes"] == steps * per_step
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "dev_accuracy" in r] == [s for s in (4, steps) if s <= steps]

@@ -32,10 +32,11 @@ FLAGS: list[tuple[str, type, str]] = [
     ("perturbation", str, "gaussian | rademacher | sphere | dap"),
     ("momentum", float, "momentum / JAGUAR beta"),
     ("weight-decay", float, "weight decay (never on biases and norms)"),
-    ("steps", int, "optimizer steps"),
+    ("steps", int, "optimizer steps (at most)"),
+    ("forward-budget", int, "stop once this many training forward passes are spent (0: no limit)"),
     ("batch-size", int, "examples per micro-batch"),
     ("grad-accum", int, "micro-batches per step (ZO: all at the same perturbation)"),
-    ("eval-every", int, "dev evaluation every N steps (0: never)"),
+    ("eval-every", int, "dev evaluation every N steps and at the end (0: never)"),
     ("save-every", int, "checkpoint every N steps"),
     ("log-every", int, "metrics row every N steps"),
     ("seed", int, "run seed (data order, ZO seed stream)"),
@@ -102,8 +103,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from zoft.bench import build_report, expand_spec, load_spec, run_grid
+    from zoft.bench.grid import select
 
     cells = expand_spec(load_spec(args.spec), quick=args.quick)
+    if args.only:
+        cells = select(cells, args.only)
+        if not cells:
+            raise ValueError(f"--only {' '.join(args.only)} matches no cell of {args.spec}")
     out = Path(args.out)
     records = run_grid(cells, out)
     build_report(out)
@@ -153,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("spec", help="grid spec (YAML/TOML/JSON): base, grid, per_optimizer, quick")
     bench.add_argument("--out", required=True, help="folder for cells/, results.csv, tables.md, plots")
     bench.add_argument("--quick", action="store_true", help="apply the spec's quick overrides (minutes)")
+    bench.add_argument("--only", nargs="+", metavar="KEY=VALUE", default=[],
+                       help="run only the cells matching every KEY=VALUE (e.g. seed=0 peft=lora): a piece of the grid")
     bench.set_defaults(func=_cmd_bench)
     report = sub.add_parser("report", help="rebuild results.csv, tables.md and plots of a bench folder")
     report.add_argument("out", help="a folder written by zoft bench")

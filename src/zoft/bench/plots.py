@@ -11,6 +11,18 @@ def _metrics(out: Path, key: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
+SMOOTH = 0.1  # running-mean window of the loss curves, as a fraction of the run's steps
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """Trailing running mean over max(1, SMOOTH * len) points: mini-batch losses are noisy."""
+    w = max(1, int(SMOOTH * len(values)))
+    sums = [0.0]
+    for v in values:
+        sums.append(sums[-1] + v)
+    return [(sums[i + 1] - sums[max(0, i + 1 - w)]) / (i + 1 - max(0, i + 1 - w)) for i in range(len(values))]
+
+
 def _panels(plt, groups):
     panels = sorted({g[:3] for g in groups})
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
@@ -31,7 +43,7 @@ def plot_all(out: Path, chosen: dict[tuple, list[dict]]) -> None:
         train = [[r for r in _metrics(out, run["key"]) if "loss" in r] for run in runs]
         n = min(len(t) for t in train)
         if n:
-            mean = [sum(t[i]["loss"] for t in train) / len(train) for i in range(n)]
+            mean = _smooth([sum(t[i]["loss"] for t in train) / len(train) for i in range(n)])
             axes[group[:3]].plot([train[0][i]["step"] for i in range(n)], mean, label=group[3])
         rows = _metrics(out, runs[0]["key"])
         dev = [r for r in rows if any(k.startswith("dev_") for k in r)]
@@ -39,13 +51,14 @@ def plot_all(out: Path, chosen: dict[tuple, list[dict]]) -> None:
         if dev:
             metric = next(k for k in dev[0] if k.startswith("dev_"))
             axes2[group[:3]].plot([fwd.get(r["step"], 0) for r in dev], [r[metric] for r in dev], "o-", label=group[3])
-    for ax_map, ylabel, f, name in [(axes, "training loss (mean over seeds)", fig, "loss_vs_step.png"),
+    for ax_map, ylabel, f, name in [(axes, f"training loss (mean over seeds,\nrunning mean over {SMOOTH:.0%} of the steps)", fig, "loss_vs_step.png"),
                                     (axes2, "dev metric (seed 1 of the chosen setting)", fig2, "dev_vs_forward_passes.png")]:
         for (m, t, p), ax in ax_map.items():
             ax.set_title(f"{m} / {t} / {p}", fontsize=9)
             ax.set_xlabel("step" if name.startswith("loss") else "forward passes")
             ax.set_ylabel(ylabel, fontsize=8)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         f.tight_layout()
         f.savefig(out / name, dpi=110)

@@ -17,6 +17,7 @@ from typing import Any
 SUMMARY_FIELDS = ["status", "steps", "forward_passes", "wall_time_s", "peak_memory_bytes",
                   "trainable_params", "best_dev_metric", "test_metric", "metric_name"]
 GROUP = ("model", "task", "peft", "optimizer")
+METHOD_KEYS = ("estimator", "perturbation", "q")  # varied, these name a method, not a hyperparameter
 
 
 def load_records(out: Path) -> list[dict[str, Any]]:
@@ -31,7 +32,10 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 def _row(rec: dict) -> dict[str, Any]:
     cfg = rec["config"]
-    row = {"key": rec["key"], **{k: cfg[k] for k in GROUP}}
+    varied = rec["varied"]
+    method = ", ".join(f"{k}={varied[k]}" for k in METHOD_KEYS if k in varied)
+    label = varied.get("optimizer", cfg["optimizer"]) + (f" ({method})" if method else "")
+    row = {"key": rec["key"], **{k: cfg[k] for k in GROUP}, "optimizer": label}
     row.update({k: v for k, v in rec["varied"].items() if k not in row})
     row.update({k: rec["summary"].get(k) for k in SUMMARY_FIELDS})
     row["config"] = json.dumps(cfg, sort_keys=True)
@@ -72,7 +76,7 @@ def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
 def tables(rows: list[dict]) -> str:
     chosen = choose(rows)
     columns = sorted({(g[0], g[1], g[2]) for g in chosen})
-    optimizers = sorted({g[3] for g in chosen})
+    optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != "zero-shot", o.startswith("fo-"), o))
     head = "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |"
     lines = ["## Test metric (hyperparameters chosen on dev; mean +- std over seeds)", "", head,
              "|---|" + "---|" * len(columns)]
@@ -84,6 +88,8 @@ def tables(rows: list[dict]) -> str:
               "| model / task / peft | optimizer | peak memory (GiB) | s / step | forward passes / step | trainable |",
               "|---|---|---|---|---|---|"]
     for g, runs in sorted(chosen.items()):
+        if not all(r["steps"] for r in runs):  # zero-shot: nothing trained
+            continue
         mem = statistics.mean(r["peak_memory_bytes"] for r in runs) / 2**30
         sps = statistics.mean(r["wall_time_s"] / r["steps"] for r in runs)
         fps = statistics.mean(r["forward_passes"] / r["steps"] for r in runs)

@@ -42,6 +42,7 @@ class TrainConfig:
     opt_options: dict[str, Any] = field(default_factory=dict)
     # loop
     steps: int = 200
+    forward_budget: int = 0  # stop once this many training forward passes are spent (0: no limit)
     batch_size: int = 16
     grad_accum: int = 1
     eval_every: int = 0

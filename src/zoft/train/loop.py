@@ -32,9 +32,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         "forward_passes": meter.forward_passes, "wall_time_s": meter.elapsed, "seed": cfg.seed,
         "data_order": "zoft.train.data.micro_batch(seed, step * grad_accum + k)",
         "best_dev": state["best_dev"]})
+    spent = lambda: cfg.forward_budget > 0 and meter.forward_passes >= cfg.forward_budget
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"{cfg.optimizer} {cfg.task}", unit="step")
     with deferred_interrupt() as interrupted:
-        while state["step"] < cfg.steps and not interrupted():
+        while state["step"] < cfg.steps and not interrupted() and not spent():
             step = state["step"]
             batches = [s.batch(micro_batch(s.splits.train, step * cfg.grad_accum + k, cfg.batch_size, cfg.seed))
                        for k in range(cfg.grad_accum)]
@@ -59,6 +60,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             if state["step"] % cfg.save_every == 0:
                 save()
     bar.close()
+    if cfg.eval_every and (state["step"] % cfg.eval_every or not state["step"]) and not interrupted():
+        state["best_dev"] = evaluate_dev(s, files, state)  # the end of training is always scored
     save()
     if interrupted():
         files.log(f"interrupted: checkpoint saved at step {state['step']}; continue with --resume {files.dir}")

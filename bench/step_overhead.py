@@ -1,0 +1,172 @@
+"""Step time against forward time: how close each optimizer's step is to its forward passes.
+
+For every optimizer x PEFT scheme on one fixed batch (SmolLM2-135M, fp32, the built-in
+sentiment-demo task: 16 examples, 2 candidate sequences each, <= 32 tokens) this measures,
+in one process and side by side:
+
+  forward   the median time of one loss evaluation without gradients (what a ZO query costs)
+  step      the median time of one real training step (zoft.train.loop.take_step)
+  queries   forward passes per step, counted by the same hook as in `zoft train`
+  ratio     step / forward: a two-point ZO step cannot be below 2.0
+
+plus a MeZO-style reference step written here as the baseline (MeZO's ``zo_perturb_parameters``
+and ``zo_update``: the global RNG re-seeded and the Gaussian noise regenerated four times per
+step, out-of-place ``p.data = p.data + scale * z``). Each cell's forward time is measured right
+before its steps, so a ratio is never taken across a change of machine load.
+
+    python bench/step_overhead.py                       # every optimizer x {full, lora}
+    python bench/step_overhead.py --schemes full lora prefix prompt --out bench/results
+Writes OUT/step_overhead.{json,csv,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from zoft.optim import list_optimizers
+from zoft.train.config import DEFAULT_EPS, TrainConfig
+from zoft.train.data import micro_batch
+from zoft.train.loop import take_step
+from zoft.train.metering import Meter, synchronize
+from zoft.train.session import Session
+
+MEZO = "mezo-reference"
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of fn() over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mezo_reference_step(params: list[torch.Tensor], closure, seed: int, eps: float, lr: float) -> float:
+    """MeZO's step as in its trainer: four regenerations of z from the re-seeded global RNG."""
+
+    def perturb(scale: float) -> None:
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.size(), device=p.device, dtype=p.dtype)
+            p.data = p.data + scale * eps * z
+
+    with torch.no_grad():
+        perturb(1.0)
+        loss1 = float(closure())
+        perturb(-2.0)
+        loss2 = float(closure())
+        perturb(1.0)
+        grad = (loss1 - loss2) / (2 * eps)
+        torch.manual_seed(seed)
+        for p in params:
+            z = torch.normal(mean=0, std=1, size=p.size(), device=p.device, dtype=p.dtype)
+            p.data = p.data - lr * grad * z
+    return loss1
+
+
+def measure(cfg: TrainConfig, repeats: int, reference: bool = False) -> dict:
+    """One cell; ``reference``: time the MeZO-style step on cfg's session instead of its optimizer."""
+    s = Session.build(cfg, log=lambda m: None)
+    batch = s.batch(micro_batch(s.splits.train, 0, cfg.batch_size, cfg.seed))
+    meter = Meter(s.model, s.device)
+
+    def forward():
+        with torch.no_grad():
+            return s.objective.loss(batch)
+
+    forward_s = timed(forward, repeats, s.device)
+    if reference:
+        params = [p for p in s.model.parameters() if p.requires_grad]
+        seeds = iter(range(10**6))
+        step = lambda: mezo_reference_step(params, lambda: s.objective.loss(batch), next(seeds),
+                                           cfg.eps or 1e-3, cfg.lr)
+    else:
+        step = lambda: take_step(s, [batch])
+    meter.counting = True
+    step_s = timed(step, repeats, s.device)
+    queries = meter.forward_passes / (repeats + 1)
+    trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
+    return {"optimizer": MEZO if reference else cfg.optimizer, "peft": cfg.peft, "forward_s": round(forward_s, 4),
+            "step_s": round(step_s, 4), "ratio": round(step_s / forward_s, 3),
+            "queries_per_step": queries, "overhead_per_query": round(step_s / forward_s / queries, 3),
+            "trainable_params": trainable, "tokens": int(batch.attention_mask.sum()),
+            "sequences": int(batch.input_ids.shape[0]), "seq_len": int(batch.input_ids.shape[1])}
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    schemes = list(dict.fromkeys(r["peft"] for r in rows))
+    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(optimizers) * 0.9), 4.5))
+    width = 0.8 / len(schemes)
+    for k, scheme in enumerate(schemes):
+        vals = {r["optimizer"]: r["ratio"] for r in rows if r["peft"] == scheme}
+        xs = [i + k * width for i, o in enumerate(optimizers) if o in vals]
+        ax.bar(xs, [vals[o] for o in optimizers if o in vals], width, label=scheme)
+    ax.axhline(2.0, color="black", linestyle="--", linewidth=1, label="two forward passes")
+    ax.set_xticks([i + width * (len(schemes) - 1) / 2 for i in range(len(optimizers))])
+    ax.set_xticklabels(optimizers, rotation=35, ha="right")
+    ax.set_ylabel("step time / forward time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--optimizers", nargs="+", default=[MEZO, *list_optimizers()])
+    ap.add_argument("--schemes", nargs="+", default=["full", "lora"])
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--max-length", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="bench/results")
+    args = ap.parse_args()
+
+    rows = []
+    for scheme in args.schemes:
+        for name in args.optimizers:
+            cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme,
+                              optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
+                              eps=DEFAULT_EPS[scheme] if name == MEZO else None,
+                              batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                              train_size=args.batch_size, dev_size=0, test_size=0)
+            row = measure(cfg, args.repeats, reference=name == MEZO)
+            rows.append(row)
+            print(f"{scheme:7s} {name:16s} forward {row['forward_s']:.3f} s  step {row['step_s']:.3f} s  "
+                  f"ratio {row['ratio']:.2f}  queries/step {row['queries_per_step']:.2f}", flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "device": args.device}
+    (out / "step_overhead.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    with open(out / "step_overhead.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, out / "step_overhead.png")
+    print(f"wrote {out / 'step_overhead.json'}, .csv, .png")
+
+
+if __name__ == "__main__":
+    main()
