@@ -9,6 +9,9 @@ in one process and side by side:
   queries   forward passes per step, counted by the same hook as in `zoft train`
   ratio     step / forward: a two-point ZO step cannot be below 2.0
 
+ZO optimizers are measured with each noise engine (--rngs): torch's generator and zoft's
+counter-based one (zoft.perturb.counter).
+
 plus a MeZO-style reference step written here as the baseline (MeZO's ``zo_perturb_parameters``
 and ``zo_update``: the global RNG re-seeded and the Gaussian noise regenerated four times per
 step, out-of-place ``p.data = p.data + scale * z``). Each cell's forward time is measured right
@@ -113,11 +116,13 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     schemes = list(dict.fromkeys(r["peft"] for r in rows))
-    optimizers = list(dict.fromkeys(r["optimizer"] for r in rows))
+    for r in rows:
+        r["label"] = r["optimizer"] + ("" if r["rng"] in ("-", "torch") else f" ({r['rng']})")
+    optimizers = list(dict.fromkeys(r["label"] for r in rows))
     fig, ax = plt.subplots(figsize=(max(8, len(optimizers) * 0.9), 4.5))
     width = 0.8 / len(schemes)
     for k, scheme in enumerate(schemes):
-        vals = {r["optimizer"]: r["ratio"] for r in rows if r["peft"] == scheme}
+        vals = {r["label"]: r["ratio"] for r in rows if r["peft"] == scheme}
         xs = [i + k * width for i, o in enumerate(optimizers) if o in vals]
         ax.bar(xs, [vals[o] for o in optimizers if o in vals], width, label=scheme)
     ax.axhline(2.0, color="black", linestyle="--", linewidth=1, label="two forward passes")
@@ -135,6 +140,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--optimizers", nargs="+", default=[MEZO, *list_optimizers()])
     ap.add_argument("--schemes", nargs="+", default=["full", "lora"])
+    ap.add_argument("--rngs", nargs="+", default=["torch", "counter"], help="noise engines of the ZO optimizers")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
@@ -145,15 +151,18 @@ def main() -> None:
     rows = []
     for scheme in args.schemes:
         for name in args.optimizers:
-            cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme,
-                              optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
-                              eps=DEFAULT_EPS[scheme] if name == MEZO else None,
-                              batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-                              train_size=args.batch_size, dev_size=0, test_size=0)
-            row = measure(cfg, args.repeats, reference=name == MEZO)
-            rows.append(row)
-            print(f"{scheme:7s} {name:16s} forward {row['forward_s']:.3f} s  step {row['step_s']:.3f} s  "
-                  f"ratio {row['ratio']:.2f}  queries/step {row['queries_per_step']:.2f}", flush=True)
+            zo = name != MEZO and not name.startswith("fo-")  # every other optimizer draws ZO noise
+            for rng in (args.rngs if zo else ["-"]):
+                cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme,
+                                  optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
+                                  eps=DEFAULT_EPS[scheme] if name == MEZO else None,
+                                  rng=rng if zo else None,
+                                  batch_size=args.batch_size, max_length=args.max_length, device=args.device,
+                                  train_size=args.batch_size, dev_size=0, test_size=0)
+                row = {**measure(cfg, args.repeats, reference=name == MEZO), "rng": rng}
+                rows.append(row)
+                print(f"{scheme:7s} {name:16s} {rng:8s} forward {row['forward_s']:.3f} s  step {row['step_s']:.3f} s"
+                      f"  ratio {row['ratio']:.2f}  queries/step {row['queries_per_step']:.2f}", flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,7 +173,7 @@ def main() -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, out / "step_overhead.png")
+    plot([dict(r) for r in rows], out / "step_overhead.png")
     print(f"wrote {out / 'step_overhead.json'}, .csv, .png")
 
 

@@ -30,6 +30,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("q", int, "ZO queries per step"),
     ("estimator", str, "central | forward | telescoping-p3 | telescoping-p4 | coordinate"),
     ("perturbation", str, "gaussian | rademacher | sphere | dap"),
+    ("rng", str, "ZO noise engine: torch (torch.Generator) | counter (compiled counter-based hash; faster on CPU). Default: counter for --peft full, torch otherwise"),
     ("momentum", float, "momentum / JAGUAR beta"),
     ("weight-decay", float, "weight decay (never on biases and norms)"),
     ("steps", int, "optimizer steps (at most)"),

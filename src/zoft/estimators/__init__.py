@@ -17,7 +17,7 @@ from zoft.estimators.base import Estimator, Probe, Reference
 from zoft.estimators.coordinate import Coordinate
 from zoft.estimators.telescoping import Telescoping
 from zoft.estimators.two_point import TwoPoint
-from zoft.perturb import PERTURBATIONS
+from zoft.perturb import PERTURBATIONS, RNGS
 
 ESTIMATORS: Registry[Callable[..., Estimator]] = Registry("estimator")
 ESTIMATORS.register("central", partial(TwoPoint, "central"))
@@ -44,12 +44,14 @@ def make_estimator(
     telescoping_terms: int = 8,
     block_fraction: float = 0.1,
     block_signs: str = "rademacher",
+    rng: str = "torch",
 ) -> Estimator:
     """Build an estimator by name; every invalid value raises a ValueError naming it."""
     build = ESTIMATORS.get(name)
     if not isinstance(q, int) or isinstance(q, bool) or q < 1:
         raise ValueError(f"invalid q {q!r}; q must be an integer >= 1")
     _choice("perturbation", perturbation, PERTURBATIONS)
+    _choice("rng", rng, RNGS)
     if name == "coordinate":
         _choice("block_signs", block_signs, _BLOCK_SIGNS)
         if not 0.0 < block_fraction <= 1.0:
@@ -67,8 +69,8 @@ def make_estimator(
             )
         if not isinstance(telescoping_terms, int) or telescoping_terms < 1:
             raise ValueError(f"invalid telescoping_terms {telescoping_terms!r}; must be an integer >= 1")
-        return build(q, perturbation, telescoping_law, telescoping_param, telescoping_terms)
-    return build(q, perturbation)
+        return build(q, perturbation, telescoping_law, telescoping_param, telescoping_terms, rng)
+    return build(q, perturbation, rng)
 
 
 __all__ = ["ESTIMATORS", "Estimator", "Probe", "Reference", "make_estimator"]

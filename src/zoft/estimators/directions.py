@@ -16,18 +16,17 @@ from zoft.perturb import Sampler, noise_dtype
 
 
 class SeededDirection:
-    """u_j = sampler(shape of tensor j, generator(derive_seed(seed, j)))."""
+    """u_j = the sampler's draw for tensor j's shape and key derive_seed(seed, j)."""
 
     def __init__(self, seed: int, sampler: Sampler) -> None:
         self.seed = seed
         self.sampler = sampler
 
     def materialize(self, j: int, p: torch.Tensor) -> torch.Tensor:
-        gen = generator(derive_seed(self.seed, j), p.device)
-        return self.sampler.sample(p.shape, gen, p.dtype, p.device)
+        return self.sampler.draw(p.shape, derive_seed(self.seed, j), p.dtype, p.device)
 
     def displace(self, j: int, p: torch.Tensor, alpha: float) -> None:
-        p.add_(self.materialize(j, p), alpha=alpha)
+        self.sampler.add_(p, derive_seed(self.seed, j), alpha)
 
     def support(self, j: int, p: torch.Tensor) -> torch.Tensor | None:
         return None

@@ -26,7 +26,7 @@ from typing import Literal
 from zoft.core import Closure, Estimate, ParamSpace, Term, derive_seed, uniform
 from zoft.estimators.base import Probe, Reference
 from zoft.estimators.directions import SeededDirection
-from zoft.perturb import SAMPLERS
+from zoft.perturb import get_sampler
 
 
 def _zeta(s: float, n_terms: int = 1000) -> float:
@@ -75,10 +75,11 @@ class Telescoping:
         law: Literal["geometric", "zipf"] = "geometric",
         law_param: float = 0.5,
         max_terms: int = 8,
+        rng: str = "torch",
     ) -> None:
         self.variant = variant
         self.q = q
-        self.sampler = SAMPLERS.get(perturbation)
+        self.sampler = get_sampler(perturbation, rng)
         self.law = TermLaw(law, law_param, max_terms)
 
     def estimate(

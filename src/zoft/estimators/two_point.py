@@ -17,15 +17,16 @@ from typing import Literal
 from zoft.core import Closure, Estimate, ParamSpace, Term, derive_seed
 from zoft.estimators.base import Probe, Reference
 from zoft.estimators.directions import AlignedDirection, SeededDirection
-from zoft.perturb import SAMPLERS
+from zoft.perturb import get_sampler
 
 
 class TwoPoint:
-    def __init__(self, kind: Literal["central", "forward"], q: int, perturbation: str) -> None:
+    def __init__(self, kind: Literal["central", "forward"], q: int, perturbation: str, rng: str = "torch") -> None:
         self.kind = kind
         self.q = q
         self.perturbation = perturbation
-        self.sampler = SAMPLERS.get("gaussian" if perturbation == "dap" else perturbation)
+        self.rng = rng
+        self.sampler = get_sampler("gaussian" if perturbation == "dap" else perturbation, rng)
 
     def estimate(
         self, closure: Closure, space: ParamSpace, seed: int, reference: Reference = None
@@ -37,7 +38,7 @@ class TwoPoint:
             return probe.finish(terms, f0)
         pilot: list[Term] = []
         if reference is None:  # no momentum to align with: a pilot estimate from the sphere
-            sphere = SAMPLERS.get("sphere")
+            sphere = get_sampler("sphere", self.rng)
             pilot = self._queries(probe, space, derive_seed(seed, 1), f0,
                                   lambda s: SeededDirection(s, sphere))
             probe.undo()

@@ -25,7 +25,7 @@ from zoft.estimators import make_estimator
 from zoft.optim.transforms import Transform, chain_apply, chain_init
 
 _ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "telescoping_terms", "block_fraction",
-                      "block_signs")
+                      "block_signs", "rng")
 
 
 def check_range(name: str, value: Any, low: float, high: float | None = None,

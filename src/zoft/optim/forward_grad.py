@@ -15,7 +15,7 @@ from torch import nn
 from zoft.core import Closure, Estimate, NonFiniteLossError, Term, derive_seed, loss_value
 from zoft.estimators.directions import SeededDirection
 from zoft.optim.base import ZOOptimizer
-from zoft.perturb import SAMPLERS
+from zoft.perturb import get_sampler
 
 
 class _ClosureModule(nn.Module):
@@ -48,7 +48,7 @@ class ForwardGrad(ZOOptimizer):
         if missing:
             raise ValueError(f"forward-grad: parameters {missing} are not parameters of the given module")
         self._names = names
-        self._sampler = SAMPLERS.get(perturbation)
+        self._sampler = get_sampler(perturbation, self.config.get("rng", "torch"))
         self.config["estimator"] = "jvp"
 
     @torch.no_grad()

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ZO_ONLY = ("eps", "q", "estimator", "perturbation")
+ZO_ONLY = ("eps", "q", "estimator", "perturbation", "rng")
 DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 """MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
+DEFAULT_FULL_RNG = "counter"
+"""The noise engine of ZO full fine-tuning when rng is unset: regenerating the noise of every
+weight three times per step is where torch's serial CPU generator costs most (bench/step_overhead.py).
+Other schemes perturb few entries and keep torch's generator (no compile step)."""
 
 
 @dataclass
@@ -37,6 +41,7 @@ class TrainConfig:
     q: int | None = None
     estimator: str | None = None
     perturbation: str | None = None
+    rng: str | None = None  # ZO noise engine: torch | counter (zoft.perturb)
     momentum: float | None = None
     weight_decay: float = 0.0
     opt_options: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +65,8 @@ class TrainConfig:
                 hp[key] = getattr(self, key)
         if "eps" not in hp and not self.optimizer.startswith(("fo-", "forward-grad")):
             hp["eps"] = DEFAULT_EPS.get(self.peft, 1e-3)
+        if "rng" not in hp and self.peft == "full" and not self.optimizer.startswith("fo-"):
+            hp["rng"] = DEFAULT_FULL_RNG
         return {**hp, **self.opt_options}
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,130 @@
+"""The counter-based noise engine (rng="counter"): statistical quality, replay, paths, use.
+
+Tolerances are 5 standard errors of each statistic at the sample size used (a correct
+generator fails one of these with probability well under 1e-4), so a biased or correlated
+stream fails them while a correct one passes whatever the keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import zoft
+from zoft.core import derive_seed
+from zoft.perturb import counter, get_sampler
+
+N = 1 << 21
+SE = 1 / math.sqrt(N)
+
+
+def gaussian(key: int, n: int = N) -> torch.Tensor:
+    return counter.draw("gaussian", torch.Size([n]), key, torch.float64, "cpu")
+
+
+@pytest.mark.parametrize("key", [0, 1, derive_seed(0, 3), 2**63 - 1])
+def test_gaussian_moments_and_distribution(key):
+    z = gaussian(key)
+    assert abs(z.mean()) < 5 * SE
+    assert abs(z.var() - 1) < 5 * math.sqrt(2) * SE
+    assert abs((z**3).mean()) < 5 * math.sqrt(15) * SE
+    assert abs((z**4).mean() - 3) < 5 * math.sqrt(96) * SE
+    # Kolmogorov-Smirnov against N(0, 1): 1.95 / sqrt(n) is the 0.1% critical value
+    cdf = torch.special.ndtr(z.sort().values)
+    grid = torch.arange(1, N + 1, dtype=torch.float64) / N
+    assert (cdf - grid).abs().max() < 1.95 * SE
+
+
+def test_every_hash_bit_is_fair():
+    h = counter.bits(N, *counter.split_key(derive_seed(7)), torch.device("cpu"))
+    for b in range(32):
+        freq = ((h >> b) & 1).double().mean()
+        assert abs(freq - 0.5) < 5 * 0.5 * SE, f"bit {b}: frequency {float(freq)}"
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_streams_of_different_keys_and_neighbouring_entries_are_uncorrelated(kind):
+    draw = lambda key: counter.draw(kind, torch.Size([N]), key, torch.float64, "cpu")
+    base = draw(derive_seed(0, 0))
+    for other in [derive_seed(0, 1), derive_seed(1, 0), derive_seed(0, 0) ^ 1]:  # tensors, steps, raw
+        other_stream = draw(other)
+        corr = (base * other_stream).mean()
+        assert abs(corr) < 5 * SE, f"{kind}: corr with key {other} = {float(corr)}"
+        # not the same numbers in another order (a hash keyed by xor alone would be)
+        swapped = other_stream.view(-1, 2).flip(1).reshape(-1)
+        assert abs((base * swapped).mean()) < 5 * SE
+    for lag in (1, 2, 32, 4096):
+        assert abs((base[:-lag] * base[lag:]).mean()) < 5 * SE, f"{kind}: lag {lag}"
+
+
+def test_rademacher_is_exactly_plus_minus_one_and_balanced():
+    u = counter.draw("rademacher", torch.Size([N]), 5, torch.float32, "cpu")
+    assert set(u.unique().tolist()) == {-1.0, 1.0}
+    assert abs(u.double().mean()) < 5 * SE
+
+
+def test_the_elementary_functions_match_float64():
+    u = torch.linspace(2**-24, 1 - 2**-24, 1_000_001)
+    log_err = (counter._log(u).double() - torch.log(u.double())).abs().max()
+    cos_err = (counter._cos_2pi(u).double() - torch.cos(2 * math.pi * u.double())).abs().max()
+    assert log_err < 2e-6 and cos_err < 1e-6
+
+
+def test_replay_fused_add_eager_and_compiled(monkeypatch):
+    shape, key = torch.Size([37, 113]), derive_seed(3, 4)
+    for kind in ("gaussian", "rademacher"):
+        a = counter.draw(kind, shape, key, torch.float32, "cpu")
+        assert torch.equal(a, counter.draw(kind, shape, key, torch.float32, "cpu"))  # replay
+        p = torch.full(shape, 0.25)
+        counter.add_(kind, p, key, -0.5)
+        torch.testing.assert_close(p, 0.25 - 0.5 * a, rtol=0, atol=1e-7)
+        monkeypatch.setenv("ZOFT_COMPILE", "0")
+        eager = counter.draw(kind, shape, key, torch.float32, "cpu")
+        monkeypatch.setenv("ZOFT_COMPILE", "1")
+        if kind == "rademacher":
+            assert torch.equal(eager, a)  # integer bits: identical on every path
+        else:
+            torch.testing.assert_close(eager, a, rtol=0, atol=1e-5)  # last-ulp differences only
+    bits = counter.bits(1000, 11, -12, torch.device("cpu"))
+    assert torch.equal(bits, counter.bits(1000, 11, -12, torch.device("cpu")))
+
+
+def test_sphere_has_radius_sqrt_n_per_tensor_and_add_matches_draw():
+    s = get_sampler("sphere", "counter")
+    u = s.draw(torch.Size([300, 7]), 9, torch.float32, torch.device("cpu"))
+    assert abs(float(u.double().square().sum()) - 2100) < 1e-3
+    p = torch.zeros(300, 7)
+    s.add_(p, 9, 2.0)
+    torch.testing.assert_close(p, 2 * u)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-14), (torch.float32, 1e-6),
+                                        (torch.bfloat16, 3e-2)])
+def test_perturb_and_restore_returns_the_parameters(dtype, tol):
+    p0 = torch.randn(4096, generator=torch.Generator().manual_seed(0)).to(dtype)
+    p = p0.clone()
+    for alpha in (1e-3, -2e-3, 1e-3):
+        counter.add_("gaussian", p, 77, alpha)
+    assert float((p.double() - p0.double()).abs().max() / p0.double().abs().max()) <= tol
+
+
+@pytest.mark.parametrize("perturbation", ["gaussian", "rademacher", "sphere"])
+def test_optimizers_train_with_the_counter_engine_and_rerun_bitwise(perturbation):
+    def run():
+        x = torch.nn.Parameter(torch.full((50,), 1.0, dtype=torch.float64))
+        opt = zoft.make_optimizer("zo-sgd", [x], lr=2e-3, eps=1e-4, perturbation=perturbation, rng="counter")
+        losses = [float(opt.step(lambda: (x * x).sum())) for _ in range(300)]
+        return losses, x.detach().clone()
+
+    losses, x = run()
+    assert losses[-1] < 0.5 * losses[0]
+    assert torch.equal(x, run()[1])
+
+
+def test_invalid_rng_is_rejected():
+    with pytest.raises(ValueError, match="invalid rng 'philox'"):
+        zoft.make_optimizer("zo-sgd", [torch.nn.Parameter(torch.zeros(3))], rng="philox")
+    with pytest.raises(ValueError, match="too large"):
+        counter._check(1 << 31)
