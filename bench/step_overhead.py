@@ -19,7 +19,7 @@ before its steps, so a ratio is never taken across a change of machine load.
 
     python bench/step_overhead.py                       # every optimizer x {full, lora}
     python bench/step_overhead.py --schemes full lora prefix prompt --out bench/results
-Writes OUT/step_overhead.{json,csv,png}.
+Writes OUT/NAME.{json,csv,png} (--name, default step_overhead).
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+", default=[MEZO, *list_optimizers()])
     ap.add_argument("--schemes", nargs="+", default=["full", "lora"])
     ap.add_argument("--rngs", nargs="+", default=["torch", "counter"], help="noise engines of the ZO optimizers")
+    ap.add_argument("--perturbation", default="gaussian", help="perturbation of the ZO optimizers")
+    ap.add_argument("--name", default="step_overhead", help="stem of the output files")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
@@ -156,10 +158,11 @@ def main() -> None:
                 cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme,
                                   optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
                                   eps=DEFAULT_EPS[scheme] if name == MEZO else None,
-                                  rng=rng if zo else None,
+                                  rng=rng if zo else None, perturbation=args.perturbation if zo else None,
                                   batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                                   train_size=args.batch_size, dev_size=0, test_size=0)
-                row = {**measure(cfg, args.repeats, reference=name == MEZO), "rng": rng}
+                row = {**measure(cfg, args.repeats, reference=name == MEZO), "rng": rng,
+                       "perturbation": "gaussian" if name == MEZO else (args.perturbation if zo else "-")}
                 rows.append(row)
                 print(f"{scheme:7s} {name:16s} {rng:8s} forward {row['forward_s']:.3f} s  step {row['step_s']:.3f} s"
                       f"  ratio {row['ratio']:.2f}  queries/step {row['queries_per_step']:.2f}", flush=True)
@@ -168,13 +171,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                "threads": torch.get_num_threads(), "device": args.device}
-    (out / "step_overhead.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
-    with open(out / "step_overhead.csv", "w", newline="") as f:
+    (out / f"{args.name}.json").write_text(json.dumps({"machine": machine, "args": vars(args), "rows": rows}, indent=2))
+    with open(out / f"{args.name}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    plot([dict(r) for r in rows], out / "step_overhead.png")
-    print(f"wrote {out / 'step_overhead.json'}, .csv, .png")
+    plot([dict(r) for r in rows], out / f"{args.name}.png")
+    print(f"wrote {out / args.name}.json, .csv, .png")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def test_tiny_grid_end_to_end_then_skip_and_report(tmp_path):
     assert len(rows) == 6 and all(r["status"] == "finished" for r in rows)
     tables = (out / "tables.md").read_text()
     assert "zo-sgd" in tables and "fo-sgd" in tables and "(n=2)" in tables
+    assert "## Peak memory in GiB" in tables
     for png in ["loss_vs_step.png", "dev_vs_forward_passes.png", "memory.png"]:
         assert (out / png).stat().st_size > 1000
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/summary.json")}

@@ -84,6 +84,15 @@ def tables(rows: list[dict]) -> str:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])
                  for c in columns]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "",
+              "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for opt in optimizers:
+        cells = []
+        for c in columns:
+            runs = [r for r in chosen.get((*c, opt), []) if r["peak_memory_bytes"] is not None]
+            cells.append(f"{statistics.mean(r['peak_memory_bytes'] for r in runs) / 2**30:.2f}" if runs else "")
+        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     lines += ["", "## Cost per run (chosen setting, mean over seeds)", "",
               "| model / task / peft | optimizer | peak memory (GiB) | s / step | forward passes / step | trainable |",
               "|---|---|---|---|---|---|"]

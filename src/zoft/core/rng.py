@@ -12,7 +12,7 @@ import torch
 _MASK64 = (1 << 64) - 1
 
 
-def _splitmix64(x: int) -> int:
+def splitmix64(x: int) -> int:
     # SplitMix64 finaliser (Steele, Lea & Flood 2014): a bijective 64-bit mixer.
     x = (x + 0x9E3779B97F4A7C15) & _MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
@@ -24,7 +24,7 @@ def derive_seed(*keys: int) -> int:
     """Mix integer keys into one 63-bit seed; distinct key tuples give unrelated seeds."""
     h = 0x243F6A8885A308D3  # pi's fractional bits: an arbitrary non-zero start
     for k in keys:
-        h = _splitmix64(h ^ (int(k) & _MASK64))
+        h = splitmix64(h ^ (int(k) & _MASK64))
     return h >> 1  # torch.Generator.manual_seed takes values < 2**63 comfortably
 
 
@@ -45,4 +45,4 @@ def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
 
 def uniform(seed: int) -> float:
     """A float in [0, 1) from a seed, for scalar choices (coins, geometric draws)."""
-    return (_splitmix64(seed) >> 11) * (1.0 / (1 << 53))
+    return (splitmix64(seed) >> 11) * (1.0 / (1 << 53))

@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from zoft.core.rng import _splitmix64
+from zoft.core.rng import splitmix64
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def split_key(key: int) -> tuple[int, int]:
     """Two 32-bit words (signed int32 values) from a SplitMix64 mix of the key: neighbouring
     keys get unrelated words (with raw halves, keys k and k ^ 1 would give the same stream
     with neighbouring entries swapped)."""
-    mixed = _splitmix64(key & 0xFFFFFFFFFFFFFFFF)
+    mixed = splitmix64(key & 0xFFFFFFFFFFFFFFFF)
     lo, hi = mixed & 0xFFFFFFFF, (mixed >> 32) & 0xFFFFFFFF
     return (lo - (1 << 32) if lo >= 1 << 31 else lo), (hi - (1 << 32) if hi >= 1 << 31 else hi)
 
