@@ -128,3 +128,14 @@ def test_invalid_rng_is_rejected():
         zoft.make_optimizer("zo-sgd", [torch.nn.Parameter(torch.zeros(3))], rng="philox")
     with pytest.raises(ValueError, match="too large"):
         counter._check(1 << 31)
+
+
+def test_forward_grad_accepts_the_counter_engine():
+    model = torch.nn.Linear(8, 1).double()
+    x, y = torch.randn(32, 8, dtype=torch.float64), torch.randn(32, 1, dtype=torch.float64)
+    opt = zoft.make_optimizer("forward-grad", model.parameters(), module=model, lr=0.05, rng="counter")
+    closure = lambda: torch.nn.functional.mse_loss(model(x), y)
+    first = float(closure())
+    for _ in range(100):
+        opt.step(closure)
+    assert float(closure()) < first

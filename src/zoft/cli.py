@@ -132,11 +132,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from zoft.models import list_model_aliases
     from zoft.optim import list_optimizers
     from zoft.peft import SCHEMES
-    from zoft.perturb import PERTURBATIONS
+    from zoft.perturb import PERTURBATIONS, RNGS
     from zoft.tasks import TASKS
 
     for title, names in [("optimizers", list_optimizers()), ("estimators", ESTIMATORS.names()),
-                         ("perturbations", PERTURBATIONS), ("tasks", TASKS.names()),
+                         ("perturbations", PERTURBATIONS), ("noise engines (rng)", list(RNGS)),
+                         ("tasks", TASKS.names()),
                          ("peft schemes", SCHEMES.names()), ("model aliases", list(list_model_aliases()))]:
         print(f"{title}: {', '.join(names)}")
     return 0

@@ -34,21 +34,21 @@ class ForwardGrad(ZOOptimizer):
     """Forward gradient with q tangents v ~ ``perturbation``; SGD update x <- x - lr g."""
 
     def __init__(self, params: Iterable, module: nn.Module | None = None, lr: float = 1e-3,
-                 q: int = 1, perturbation: str = "gaussian", weight_decay: float = 0.0,
-                 seed: int = 0, **options: Any) -> None:
+                 q: int = 1, perturbation: str = "gaussian", rng: str = "torch",
+                 weight_decay: float = 0.0, seed: int = 0, **options: Any) -> None:
         if not isinstance(module, nn.Module):
             raise ValueError("forward-grad needs module=<the nn.Module that owns the parameters>")
         if perturbation == "dap":
             raise ValueError("invalid perturbation 'dap' for forward-grad; allowed: gaussian, rademacher, sphere")
         super().__init__(params, lr=lr, eps=1.0, q=q, estimator="central", perturbation=perturbation,
-                         weight_decay=weight_decay, seed=seed, **options)
+                         rng=rng, weight_decay=weight_decay, seed=seed, **options)
         self.module = module
         names = {id(p): n for n, p in module.named_parameters()}
         missing = [i for i, (p, _) in enumerate(self._tensors()) if id(p) not in names]
         if missing:
             raise ValueError(f"forward-grad: parameters {missing} are not parameters of the given module")
         self._names = names
-        self._sampler = get_sampler(perturbation, self.config.get("rng", "torch"))
+        self._sampler = get_sampler(perturbation, rng)
         self.config["estimator"] = "jvp"
 
     @torch.no_grad()
