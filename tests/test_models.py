@@ -37,10 +37,21 @@ def logits(model, tokenizer, texts=("hello world", "hi")) -> torch.Tensor:
 
 def test_aliases_are_listed_with_one_line_descriptions():
     aliases = list_model_aliases()
-    assert sorted(aliases) == ["smollm2-135m", "tiny-gpt2", "tiny-llama", "tiny-opt"]
+    opt = [f"random-opt-{size}" for size in ("1.3b", "125m", "13b", "2.7b", "350m", "6.7b")]
+    assert sorted(aliases) == sorted([*opt, "smollm2-135m", "tiny-gpt2", "tiny-llama", "tiny-opt"])
     assert all(d and "\n" not in d for d in aliases.values())
     aliases.clear()  # a copy: the module's table is untouched
-    assert len(MODEL_ALIASES) == 4
+    assert len(MODEL_ALIASES) == 10
+
+
+def test_random_opt_has_the_real_shapes_in_the_requested_dtype_and_is_seeded():
+    model, tok = load_model("random-opt-125m", dtype="bf16")
+    assert sum(p.numel() for p in model.parameters()) == 125_239_296  # facebook/opt-125m's count
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    again, _ = load_model("random-opt-125m", dtype="bf16")
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    ids = tok(["The movie was"], return_tensors="pt")
+    assert model(**ids).logits.shape == (1, ids["input_ids"].shape[1], 50272)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
