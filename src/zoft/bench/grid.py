@@ -62,6 +62,13 @@ def _axes(grid: dict[str, Any]) -> dict[str, list]:
     return {k: (v if isinstance(v, list) else [v]) for k, v in _norm(grid).items()}
 
 
+def _cell(values: dict[str, Any], varied: dict[str, Any]) -> Cell:
+    """The cell of a resolved config (validated by TrainConfig; ``out`` is not part of it)."""
+    config = TrainConfig.from_dict(values, source=f"spec cell {varied}").to_dict()
+    config.pop("out")
+    return Cell(config, varied)
+
+
 def expand_spec(spec: dict[str, Any], quick: bool = False) -> list[Cell]:
     """Every cell of the spec, in a stable order; configs are validated by TrainConfig."""
     grid = _axes(spec.get("grid", {}))
@@ -75,20 +82,16 @@ def expand_spec(spec: dict[str, Any], quick: bool = False) -> list[Cell]:
     if spec.get("zero_shot"):  # the untrained model: steps 0, dev and test scored
         fixed = {k: grid[k] for k in CELL_KEYS if k in grid}
         for values in itertools.product(*fixed.values()):
-            varied = {"optimizer": ZERO_SHOT, **dict(zip(fixed, values))}
-            config = TrainConfig.from_dict({**base, **dict(zip(fixed, values)), "steps": 0, "seed": 0,
-                                            "eval_every": 1}, source=f"spec cell {varied}").to_dict()
-            config.pop("out")
-            cells.append(Cell(config, varied))
+            point = dict(zip(fixed, values))
+            cells.append(_cell({**base, **point, "steps": 0, "seed": 0, "eval_every": 1},
+                               {"optimizer": ZERO_SHOT, **point}))
             seen.add(cells[-1].key)
     for opt in optimizers:
         axes = {**grid, **per_opt.get(opt, {})}
         for values in itertools.product(*axes.values()):
             varied = {"optimizer": opt, **dict(zip(axes, values))}
-            config = TrainConfig.from_dict({**base, **varied}, source=f"spec cell {varied}").to_dict()
-            config.pop("out")
-            cell = Cell(config, varied)
-            if any(all(varied.get(k, config.get(k)) == v for k, v in _norm(rule).items())
+            cell = _cell({**base, **varied}, varied)
+            if any(all(varied.get(k, cell.config.get(k)) == v for k, v in _norm(rule).items())
                    for rule in spec.get("exclude") or []):
                 continue
             if cell.key not in seen:

@@ -143,12 +143,15 @@ _compile_failed = False
 
 def _compiled(name: str, fn: Callable) -> Callable:
     """fn compiled once (dynamic shapes: one kernel for every tensor size), or fn itself."""
-    global _compile_failed
     if _compile_failed or os.environ.get("ZOFT_COMPILE", "1") == "0":
         return fn
     if name not in _COMPILED:
-        _COMPILED[name] = torch.compile(fn, dynamic=True, fullgraph=True)
-    compiled = _COMPILED[name]
+        _COMPILED[name] = _compile_or_fallback(fn)
+    return _COMPILED[name]
+
+
+def _compile_or_fallback(fn: Callable) -> Callable:
+    compiled = torch.compile(fn, dynamic=True, fullgraph=True)
 
     def run(*args):
         global _compile_failed
