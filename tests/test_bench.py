@@ -96,6 +96,8 @@ quick: {task: [sst2], seed: [0], steps: 1}
     piece = select(cells, ["task=sst2", "seed=1"])
     assert {c.varied["optimizer"] for c in piece} == {"zo-sgd", "fo-adam"} and len(piece) == 2
     assert [c.key for c in select(cells, ["optimizer=zero-shot"])] == [c.key for c in zero]
+    # a zero-shot cell's config names the base optimizer, but it is not that optimizer's cell
+    assert all(c.varied["optimizer"] == "zo-sgd" for c in select(cells, ["optimizer=zo-sgd"]))
     with pytest.raises(ValueError, match="unknown key"):
         select(cells, ["sed=1"])
 

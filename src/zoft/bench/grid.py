@@ -113,5 +113,4 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     unknown = sorted(set(wanted) - set(cells[0].config)) if cells else []
     if unknown:
         raise ValueError(f"--only: unknown key(s) {unknown}; valid: {sorted(cells[0].config)}")
-    return [c for c in cells
-            if all({**c.config, **c.varied}.get(k) == v or c.config.get(k) == v for k, v in wanted.items())]
+    return [c for c in cells if all({**c.config, **c.varied}.get(k) == v for k, v in wanted.items())]
