@@ -129,3 +129,11 @@ def test_every_shipped_spec_runs_in_quick_mode(tmp_path, spec):
     assert main(["bench", str(spec), "--out", str(tmp_path), "--quick"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert len(rows) == len(cells) and all(r["status"] == "finished" for r in rows)
+
+
+def test_cell_key_ignores_unset_options():
+    """A new TrainConfig option left unset must not change the key of cells run before it."""
+    from zoft.bench.grid import Cell
+    config = {"model": "tiny-llama", "optimizer": "zo-sgd", "lr": 1e-3}
+    assert Cell(config, {}).key == Cell({**config, "new_option": None}, {}).key
+    assert Cell(config, {}).key != Cell({**config, "new_option": 1}, {}).key

@@ -40,7 +40,10 @@ class Cell:
 
     @property
     def key(self) -> str:
-        text = json.dumps(self.config, sort_keys=True, default=str)
+        # Unset (None) fields are left out, so adding an option to TrainConfig does not change
+        # the key of every cell that was run before the option existed.
+        config = {k: v for k, v in self.config.items() if v is not None}
+        text = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
