@@ -37,6 +37,17 @@ def test_gaussian_moments_and_distribution(key):
     assert (cdf - grid).abs().max() < 1.95 * SE
 
 
+def test_the_two_halves_of_a_gaussian_draw_are_independent():
+    """Entry j and entry m + j are the cosine and sine of one Box-Muller pair: uncorrelated,
+    and (independence, not just zero correlation) their squares are uncorrelated too."""
+    z = gaussian(derive_seed(2), N + 1)  # odd: the first half has one more entry
+    m = N // 2 + 1
+    a, b = z[: m - 1], z[m:]
+    assert abs((a * b).mean()) < 5 * SE * math.sqrt(2)
+    sq = (a * a - 1) * (b * b - 1)
+    assert abs(sq.mean()) < 5 * math.sqrt(4 / (N // 2))
+
+
 def test_every_hash_bit_is_fair():
     h = counter.bits(N, *counter.split_key(derive_seed(7)), torch.device("cpu"))
     for b in range(32):
@@ -68,8 +79,10 @@ def test_rademacher_is_exactly_plus_minus_one_and_balanced():
 def test_the_elementary_functions_match_float64():
     u = torch.linspace(2**-24, 1 - 2**-24, 1_000_001)
     log_err = (counter._log(u).double() - torch.log(u.double())).abs().max()
-    cos_err = (counter._cos_2pi(u).double() - torch.cos(2 * math.pi * u.double())).abs().max()
-    assert log_err < 2e-6 and cos_err < 1e-6
+    cos, sin = counter._cos_sin_2pi(u)
+    cos_err = (cos.double() - torch.cos(2 * math.pi * u.double())).abs().max()
+    sin_err = (sin.double() - torch.sin(2 * math.pi * u.double())).abs().max()
+    assert log_err < 2e-6 and cos_err < 1e-6 and sin_err < 1e-6
 
 
 def test_replay_fused_add_eager_and_compiled(monkeypatch):
