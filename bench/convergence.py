@@ -260,7 +260,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    cfg = dict(QUICK if args.quick else FULL, quick=args.quick, optimizers=zoft.list_optimizers(),
+    cfg = dict(QUICK if args.quick else FULL, quick=args.quick, optimizers=[n for n in zoft.list_optimizers() if n != "zo-finetuner"],  # needs a learned file
                data_seed=DATA_SEED, opt_seed=OPT_SEED, dtype="float32", workers=args.workers,
                hyperparameters="zoft defaults except lr (ZO: eps=1e-3, q=1, gaussian, central; "
                                "jaguar: coordinate estimator, block_fraction=0.1, momentum=1e-2)")

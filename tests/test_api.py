@@ -9,14 +9,14 @@ import zoft
 from zoft.core import Registry, derive_seed
 
 EXPECTED = ["fo-adam", "fo-sgd", "forward-grad", "jaguar-muon", "jaguar-sign", "zo-adam",
-            "zo-muon", "zo-sgd", "zo-sgd-cons", "zo-sgd-mmt", "zo-sgd-sign"]
+            "zo-finetuner", "zo-muon", "zo-sgd", "zo-sgd-cons", "zo-sgd-mmt", "zo-sgd-sign"]
 
 
 def test_list_optimizers_is_sorted_and_complete():
     assert zoft.list_optimizers() == EXPECTED
 
 
-@pytest.mark.parametrize("name", [n for n in EXPECTED if n != "forward-grad"])
+@pytest.mark.parametrize("name", [n for n in EXPECTED if n not in ("forward-grad", "zo-finetuner")])
 def test_make_optimizer_returns_a_torch_optimizer(name):
     opt = zoft.make_optimizer(name, [torch.nn.Parameter(torch.zeros(3))], lr=0.1)
     assert isinstance(opt, torch.optim.Optimizer)
@@ -36,6 +36,7 @@ def test_make_optimizer_returns_a_torch_optimizer(name):
     ("jaguar-muon", dict(ns_steps=0), "invalid ns_steps 0"),
     ("zo-sgd-cons", dict(weight_decay=0.1), "zo-sgd-cons does not support weight_decay"),
     ("forward-grad", {}, "forward-grad needs module="),
+    ("zo-finetuner", {}, "zo-finetuner needs finetuner="),
     ("fo-sgd", dict(eps=1e-3), r"unknown hyperparameter\(s\) \['eps'\] for fo-sgd"),
 ])
 def test_bad_values_raise_value_error_naming_them(name, hp, match):

@@ -9,6 +9,7 @@ import torch
 
 import zoft
 from problems import Logistic, Quadratic
+from zoft.learned import FineTuner, block_layout
 
 # name -> (hyperparameters for the quadratic, for the logistic regression)
 ROWS = {
@@ -22,6 +23,7 @@ ROWS = {
     "jaguar-muon": (dict(lr=0.01, eps=1e-3, momentum=0.5, block_fraction=0.3),
                     dict(lr=0.02, eps=1e-3, momentum=0.5, block_fraction=0.3)),
     "zo-muon": (dict(lr=0.01, eps=1e-3, momentum=0.5), dict(lr=0.05, eps=1e-3, momentum=0.5)),
+    "zo-finetuner": (dict(lr=0.05, eps=1e-3), dict(lr=0.5, eps=1e-3)),  # untrained FineTuner (build)
     "forward-grad": (dict(lr=0.05), dict(lr=0.5)),
     "fo-sgd": (dict(lr=0.1), dict(lr=1.0)),
     "fo-adam": (dict(lr=0.05), dict(lr=0.05)),
@@ -37,6 +39,8 @@ def test_table_covers_every_registered_optimizer():
 def build(name: str, model: torch.nn.Module, **hp) -> torch.optim.Optimizer:
     if name == "forward-grad":
         hp["module"] = model
+    if name == "zo-finetuner":  # untrained: every sigma = 1 (tests/test_learned.py trains some)
+        hp["finetuner"] = FineTuner(block_layout(model.named_parameters()), "test")
     return zoft.make_optimizer(name, model.parameters(), **hp)
 
 

@@ -112,14 +112,14 @@ def test_every_peft_scheme_trains_with_zo(tmp_path, peft):
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     cfg = config(tmp_path, steps=6, save_every=2)
     calls = {"n": 0}
-    real = Objective.loss
+    real = Objective.loss_sum
 
     def flaky(self, batch):
         calls["n"] += 1
         loss = real(self, batch)
         return loss * float("nan") if calls["n"] > 6 else loss  # step 4's first evaluation
 
-    monkeypatch.setattr(Objective, "loss", flaky)
+    monkeypatch.setattr(Objective, "loss_sum", flaky)
     summary = train(cfg)
     assert summary["status"] == "failed" and "nan" in summary["error"]
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 2
@@ -176,11 +176,11 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch):
     real = loop.take_step
     calls = {"n": 0}
 
-    def interrupted_step(session, batches):
+    def interrupted_step(session, batches, *args):
         calls["n"] += 1
         if calls["n"] == 2:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: deferred to the step's end
-        return real(session, batches)
+        return real(session, batches, *args)
 
     monkeypatch.setattr(loop, "take_step", interrupted_step)
     cfg = config(tmp_path, steps=5, save_every=100)

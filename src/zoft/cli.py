@@ -1,4 +1,4 @@
-"""The ``zoft`` command line: list, train, eval.
+"""The ``zoft`` command line: list, train, eval, bench, report, learn-finetuner.
 
 Settings merge in order: TrainConfig defaults <- --config FILE (YAML/TOML/JSON) <- flags.
 """
@@ -17,6 +17,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("model", str, "hub id, local folder or alias (zoft list)"),
     ("dtype", str, "fp32 | bf16 | fp16"),
     ("device", str, "auto | cpu | cuda"),
+    ("device-map", str, "accelerate placement across devices, e.g. auto (models larger than one device; ZO needs forwards only)"),
     ("task", str, "task name (zoft list)"),
     ("data-dir", str, "folder in the official data layout (default: $ZOFT_DATA_DIR, else the hub)"),
     ("train-size", int, "training examples sampled (MeZO: 1000)"),
@@ -33,6 +34,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("rng", str, "ZO noise engine: torch (torch.Generator) | counter (compiled counter-based hash; faster on CPU). Default: counter for --peft full, torch otherwise"),
     ("momentum", float, "momentum / JAGUAR beta"),
     ("weight-decay", float, "weight decay (never on biases and norms)"),
+    ("finetuner", str, "zo-finetuner's learned file, written by zoft learn-finetuner"),
     ("steps", int, "optimizer steps (at most)"),
     ("forward-budget", int, "stop once this many training forward passes are spent (0: no limit)"),
     ("batch-size", int, "examples per micro-batch"),
@@ -64,11 +66,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peft-opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="PEFT options, e.g. --peft-opt lora_r=16")
     p.add_argument("--tensorboard", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="fp32 master copies of bf16/fp16 trainable tensors (ZO; default: on for "
+                        "PEFT in bf16/fp16, off for full fine-tuning)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    for name, _, _ in FLAGS + [("tensorboard", bool, "")]:
+    for name, _, _ in FLAGS + [("tensorboard", bool, ""), ("master-weights", bool, "")]:
         key = name.replace("-", "_")
         if hasattr(args, key):
             values[key] = getattr(args, key)
@@ -127,6 +132,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from zoft.train.learn import LearnConfig, learn_command
+
+    learn = LearnConfig(**{k: getattr(args, k) for k in ("meta_lr", "reset_every", "epochs_per_reset",
+                                                          "group_by", "hidden")})
+    if not hasattr(args, "out"):
+        raise ValueError("learn-finetuner needs --out FILE: where to write the learned FineTuner")
+    cfg = config_from_args(args)
+    learn.steps, learn.lr, learn.eps = cfg.steps, cfg.lr, cfg.eps
+    summary = learn_command(cfg, learn, cfg.out)  # a summary goes beside it, suffix .json
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from zoft.estimators import ESTIMATORS
     from zoft.models import list_model_aliases
@@ -164,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--only", nargs="+", metavar="KEY=VALUE", default=[],
                        help="run only the cells matching every KEY=VALUE (e.g. seed=0 peft=lora): a piece of the grid")
     bench.set_defaults(func=_cmd_bench)
+    learn = sub.add_parser("learn-finetuner", help="meta-train a ZO Fine-tuner (learned per-block "
+                           "perturbation scales) for a base model: --model M --task T --peft P --steps N")
+    _add_train_flags(learn)
+    learn.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the PertNNs")
+    learn.add_argument("--reset-every", type=int, default=0,
+                       help="steps between resets of the model to its start (0: --epochs-per-reset epochs)")
+    learn.add_argument("--epochs-per-reset", type=int, default=5, help="epochs of the data between resets")
+    learn.add_argument("--group-by", default="tensor", choices=["tensor", "module"],
+                       help="one PertNN per tensor or per module (fewer networks for big models)")
+    learn.add_argument("--hidden", type=int, default=64, help="PertNN width")
+    learn.set_defaults(func=_cmd_learn)
     report = sub.add_parser("report", help="rebuild results.csv, tables.md and plots of a bench folder")
     report.add_argument("out", help="a folder written by zoft bench")
     report.set_defaults(func=_cmd_report)

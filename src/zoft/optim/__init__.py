@@ -14,6 +14,7 @@ from zoft.optim.forward_grad import ForwardGrad
 from zoft.optim.transforms import newton_schulz
 from zoft.optim.zo import (JaguarMuon, JaguarSign, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
+from zoft.learned.optimizer import ZOFineTuner
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("zo-sgd", ZOSGD)
@@ -27,6 +28,7 @@ OPTIMIZERS.register("zo-muon", ZOMuon)
 OPTIMIZERS.register("forward-grad", ForwardGrad)
 OPTIMIZERS.register("fo-sgd", FOSGD)
 OPTIMIZERS.register("fo-adam", FOAdam)
+OPTIMIZERS.register("zo-finetuner", ZOFineTuner)
 
 
 def list_optimizers() -> list[str]:

@@ -38,10 +38,12 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         extra: dict[str, Any]) -> None:
-    """Write checkpoint files for ``step`` then point the manifest at them; drop older ones."""
+         extra: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write checkpoint files for ``step`` then point the manifest at them; drop older ones.
+    ``state``: the trainable tensors to write (default: the model's own)."""
     weights, optim = f"weights-{step:08d}.safetensors", f"optimizer-{step:08d}.pt"
-    _atomic(run_dir / weights, lambda tmp: save_file(trainable_state(model), tmp))
+    state = trainable_state(model) if state is None else state
+    _atomic(run_dir / weights, lambda tmp: save_file(state, tmp))
     _atomic(run_dir / optim, lambda tmp: torch.save(optimizer.state_dict(), tmp))
     write_json(run_dir / MANIFEST, {"step": step, "weights": weights, "optimizer": optim, **extra})
     for old in list(run_dir.glob("weights-*.safetensors")) + list(run_dir.glob("optimizer-*.pt")):

@@ -45,6 +45,7 @@ class TrainConfig:
     momentum: float | None = None
     weight_decay: float = 0.0
     opt_options: dict[str, Any] = field(default_factory=dict)
+    finetuner: str | None = None  # zo-finetuner's learned file (zoft learn-finetuner)
     # loop
     steps: int = 200
     forward_budget: int = 0  # stop once this many training forward passes are spent (0: no limit)
@@ -56,6 +57,19 @@ class TrainConfig:
     seed: int = 0
     out: str = "runs/latest"
     tensorboard: bool = False
+    # scale: device placement and precision (None: the defaults described in the CLI help)
+    device_map: str | None = None  # accelerate big-model placement, e.g. "auto" (forward-only ZO)
+    master_weights: bool | None = None  # fp32 masters of bf16/fp16 trainable tensors (ZO only)
+
+    def uses_master_weights(self) -> bool:
+        """Explicit setting, else on for ZO PEFT in bf16/fp16 (cheap), off for full fine-tuning."""
+        backprop = self.optimizer.startswith("fo-") or self.optimizer == "forward-grad"
+        if self.master_weights and backprop:
+            raise ValueError(f"master_weights is for ZO optimizers; {self.optimizer} computes "
+                             "gradients of the model's own tensors")
+        if self.master_weights is None:
+            return not backprop and self.peft != "full" and self.dtype != "fp32"
+        return bool(self.master_weights)
 
     def optimizer_hparams(self) -> dict[str, Any]:
         """Keyword arguments for zoft.make_optimizer (unset ones left to its defaults)."""
@@ -67,6 +81,11 @@ class TrainConfig:
             hp["eps"] = DEFAULT_EPS.get(self.peft, 1e-3)
         if "rng" not in hp and self.peft == "full" and not self.optimizer.startswith("fo-"):
             hp["rng"] = DEFAULT_FULL_RNG
+        if (self.finetuner is not None) != (self.optimizer == "zo-finetuner"):
+            raise ValueError("--finetuner FILE goes with --optimizer zo-finetuner, and zo-finetuner "
+                             f"needs it (optimizer {self.optimizer!r}, finetuner {self.finetuner!r})")
+        if self.finetuner is not None:
+            hp.update(finetuner=self.finetuner, base_model=self.model)
         return {**hp, **self.opt_options}
 
     def to_dict(self) -> dict[str, Any]:

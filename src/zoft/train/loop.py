@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import math
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from zoft.core import NonFiniteLossError
+from zoft.distributed import Comm, from_env
 from zoft.train import checkpoint
 from zoft.train.config import TrainConfig
 from zoft.train.data import micro_batch
@@ -21,76 +22,119 @@ from zoft.train.session import Session
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    files = RunFiles(Path(cfg.out), cfg, resume)
+    """Run (or resume) a training run; under torchrun, one data-parallel rank of it."""
+    comm = from_env()
+    try:
+        return _train(cfg, resume, comm)
+    finally:
+        comm.close()
+
+
+def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
+    if comm.world > 1:
+        check_data_parallel(cfg, comm.world)
+    files = RunFiles(Path(cfg.out), cfg, resume, active=comm.main, processes=comm.world)
     s = Session.build(cfg, log=files.log)
+    if not s.closure_driven:
+        s.objective.runner = comm.wrap_for_backprop(s.model)
     meter, state = Meter(s.model, s.device), {"step": 0, "best_dev": None}
     if resume and (files.dir / checkpoint.MANIFEST).exists():
         state = checkpoint.load(files.dir, s.model, s.optimizer)
+        if s.masters:
+            s.masters.load(files.dir / state["weights"])
         meter.forward_passes, meter.elapsed = state["forward_passes"], state["wall_time_s"]
         files.truncate_metrics(state["step"])
-    save = lambda: checkpoint.save(files.dir, state["step"], s.model, s.optimizer, {
+    save = lambda: comm.main and checkpoint.save(files.dir, state["step"], s.model, s.optimizer, {
         "forward_passes": meter.forward_passes, "wall_time_s": meter.elapsed, "seed": cfg.seed,
         "data_order": "zoft.train.data.micro_batch(seed, step * grad_accum + k)",
-        "best_dev": state["best_dev"]})
+        "best_dev": state["best_dev"]}, state=s.trainable_state())
     spent = lambda: cfg.forward_budget > 0 and meter.forward_passes >= cfg.forward_budget
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"{cfg.optimizer} {cfg.task}", unit="step")
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"{cfg.optimizer} {cfg.task}", unit="step",
+               disable=not comm.main)
+    stop = False
     with deferred_interrupt() as interrupted:
-        while state["step"] < cfg.steps and not interrupted() and not spent():
+        while state["step"] < cfg.steps and not spent() and not (stop := comm.any(interrupted())):
             step = state["step"]
-            batches = [s.batch(micro_batch(s.splits.train, step * cfg.grad_accum + k, cfg.batch_size, cfg.seed))
+            batches = [s.batch(comm.shard(micro_batch(s.splits.train, step * cfg.grad_accum + k,
+                                                      cfg.batch_size, cfg.seed)))
                        for k in range(cfg.grad_accum)]
             meter.counting = True
             meter.start()
             try:
-                loss = take_step(s, batches)
+                loss = take_step(s, batches, comm)
             except NonFiniteLossError as err:
                 return files.fail(f"stopped at step {step + 1}: {err}; the last good checkpoint is kept")
             finally:
                 meter.stop()
                 meter.counting = False
+                if s.masters:
+                    s.masters.sync()  # evaluation and checkpoints see the updated weights
             state["step"] = step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+                comm_bytes = {"comm_bytes": comm.bytes} if comm.world > 1 else {}
                 files.metric(step=state["step"], loss=loss, lr=s.optimizer.param_groups[0]["lr"],
                              forward_passes=meter.forward_passes, wall_time_s=round(meter.elapsed, 4),
-                             peak_memory_bytes=meter.peak_memory())
+                             peak_memory_bytes=meter.peak_memory(), **comm_bytes)
             if cfg.eval_every and state["step"] % cfg.eval_every == 0:
-                state["best_dev"] = evaluate_dev(s, files, state)
+                state["best_dev"] = evaluate_dev(s, files, state, comm)
             if state["step"] % cfg.save_every == 0:
                 save()
     bar.close()
-    if cfg.eval_every and (state["step"] % cfg.eval_every or not state["step"]) and not interrupted():
-        state["best_dev"] = evaluate_dev(s, files, state)  # the end of training is always scored
+    if cfg.eval_every and (state["step"] % cfg.eval_every or not state["step"]) and not stop:
+        state["best_dev"] = evaluate_dev(s, files, state, comm)  # the end of training is always scored
     save()
-    if interrupted():
+    if stop:
         files.log(f"interrupted: checkpoint saved at step {state['step']}; continue with --resume {files.dir}")
         raise KeyboardInterrupt
     return files.finish(s, meter, state)
 
 
-def take_step(s: Session, batches) -> float:
-    """One optimizer step over grad_accum micro-batches; returns the loss as a float."""
+def check_data_parallel(cfg: TrainConfig, world: int) -> None:
+    if cfg.optimizer == "forward-grad":
+        raise ValueError("forward-grad does not run data-parallel (its jvp cannot pass through an "
+                         "all-reduce); launch it as one process")
+    if cfg.batch_size < world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must be at least the "
+                         f"number of processes ({world}), so that every rank has examples")
+
+
+def take_step(s: Session, batches, comm: Comm = Comm()) -> float:
+    """One optimizer step over grad_accum micro-batches (this rank's share of each); returns
+    the loss of the whole batch, the mean over micro-batches of their mean loss."""
+    counts = comm.all_reduce(torch.tensor([float(s.objective.count(b)) for b in batches], dtype=torch.float64))
     if s.closure_driven:  # ZO: every micro-batch at the same perturbation (forward-grad: tangent)
-        return float(s.optimizer.step(lambda: torch.stack([s.objective.loss(b) for b in batches]).mean()))
+        def closure() -> torch.Tensor:  # ranks exchange one (loss sum) per micro-batch and query
+            sums = torch.stack([s.objective.loss_sum(b).double() for b in batches])
+            return (comm.all_reduce(sums) / counts).mean()
+
+        return float(s.optimizer.step(closure))
     s.optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for b in batches:
-        loss = s.objective.loss(b) / len(batches)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"loss is {float(loss)}; no update was made")
-        loss.backward()
-        total += float(loss.detach())
+    runner = s.objective.runner
+    for k, b in enumerate(batches):
+        last = k == len(batches) - 1
+        with nullcontext() if last or not hasattr(runner, "no_sync") else runner.no_sync():
+            local = s.objective.loss_sum(b)
+            value = float(comm.all_reduce(local.detach().double().reshape(1))) / float(counts[k])
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"loss is {value}; no update was made")
+            # DistributedDataParallel averages gradients over ranks: scale by world / count
+            (local * (comm.world / float(counts[k]) / len(batches))).backward()
+        total += value / len(batches)
     s.optimizer.step()
     return total
 
 
-def evaluate_dev(s: Session, files: RunFiles, state: dict) -> float | None:
+def evaluate_dev(s: Session, files: RunFiles, state: dict, comm: Comm = Comm()) -> float | None:
+    """Every rank scores dev (identical models; no rank waits for another); rank 0 writes."""
     metrics = s.evaluate(s.splits.dev)
     value = next(iter(metrics.values()), None)
     files.metric(step=state["step"], **{f"dev_{k}": v for k, v in metrics.items()})
     if value is not None and (state["best_dev"] is None or value > state["best_dev"]):
-        checkpoint.write_best(files.dir, s.model)
+        if comm.main:
+            checkpoint.write_best(files.dir, s.model)
         return value
     return state["best_dev"]
 

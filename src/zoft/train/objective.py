@@ -108,13 +108,14 @@ class Objective:
 
     def __init__(self, model: torch.nn.Module, generation: bool = False, offset: int = 0) -> None:
         self.model = model
+        self.runner = model  # what is called: the model, or a DistributedDataParallel around it
         self.generation = generation
         self.offset = offset
 
     def token_logprobs(self, batch: Batch) -> torch.Tensor:
         """(N,) log p(target) at every scored position, computed in float32."""
         with scored_positions(self.model, batch.rows, batch.cols + self.offset):
-            logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            logits = self.runner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 use_cache=False).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(1, batch.targets[:, None])[:, 0]
@@ -126,13 +127,23 @@ class Objective:
         total = torch.zeros(n_seq, dtype=lp.dtype, device=lp.device).index_add_(0, batch.rows, lp)
         return total / torch.bincount(batch.rows, minlength=n_seq).to(lp.dtype)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def count(self, batch: Batch) -> int:
+        """What the loss averages over: examples (classification) or answer tokens (generation)."""
+        return len(batch.targets) if self.generation else len(batch.first)
+
+    def loss_sum(self, batch: Batch) -> torch.Tensor:
+        """The sum of the per-example (per-token for generation) losses; divided by
+        :meth:`count` it is the loss. Summed over data-parallel shards, it gives the loss of the
+        whole batch."""
         if self.generation:
-            return -self.token_logprobs(batch).mean()
+            return -self.token_logprobs(batch).sum()
         scores = self.sequence_scores(batch)
         losses = [torch.nn.functional.cross_entropy(scores[f: f + n][None], y[None])
                   for f, n, y in zip(batch.first.tolist(), batch.sizes.tolist(), batch.labels)]
-        return torch.stack(losses).mean()
+        return torch.stack(losses).sum()
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return self.loss_sum(batch) / self.count(batch)
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[int]:

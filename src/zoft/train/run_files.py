@@ -14,15 +14,22 @@ from zoft.train.config import TrainConfig
 
 
 class RunFiles:
-    def __init__(self, run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
+    """``active=False`` (data-parallel ranks other than 0): nothing is written or printed."""
+
+    def __init__(self, run_dir: Path, cfg: TrainConfig, resume: bool, active: bool = True,
+                 processes: int = 1) -> None:
         self.dir = run_dir
         self.cfg = cfg
+        self.active = active
+        self.processes = processes
         if not resume and (run_dir / checkpoint.MANIFEST).exists():
             raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.writer = self._tensorboard() if cfg.tensorboard else None
+        self.writer = None
+        if active:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
+            self.writer = self._tensorboard() if cfg.tensorboard else None
 
     def _tensorboard(self):
         try:
@@ -33,11 +40,15 @@ class RunFiles:
         return SummaryWriter(str(self.dir / "tensorboard"))
 
     def log(self, message: str) -> None:
+        if not self.active:
+            return
         tqdm.write(message)
         with open(self.dir / "train.log", "a") as f:
             f.write(message + "\n")
 
     def metric(self, **row) -> None:
+        if not self.active:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self.writer is not None:
@@ -47,17 +58,18 @@ class RunFiles:
 
     def truncate_metrics(self, step: int) -> None:
         """Drop rows logged after the checkpoint: the resumed run logs them again."""
-        if self.metrics_path.exists():
+        if self.active and self.metrics_path.exists():
             rows = [line for line in self.metrics_path.read_text().splitlines()
                     if line and json.loads(line)["step"] <= step]
             self.metrics_path.write_text("".join(r + "\n" for r in rows))
 
     def summary(self, **fields) -> dict:
         summary = {"model": self.cfg.model, "task": self.cfg.task, "peft": self.cfg.peft,
-                   "optimizer": self.cfg.optimizer, **fields,
+                   "optimizer": self.cfg.optimizer, "processes": self.processes, **fields,
                    "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                "device": str(fields.get("device", ""))}}
-        checkpoint.write_json(self.dir / "summary.json", summary)
+        if self.active:
+            checkpoint.write_json(self.dir / "summary.json", summary)
         return summary
 
     def fail(self, message: str) -> dict:
@@ -65,6 +77,8 @@ class RunFiles:
         return self.summary(status="failed", error=message)
 
     def finish(self, session, meter, state) -> dict:
+        if not self.active:  # rank 0 scores the test set and writes the summary
+            return {"status": "finished", "steps": state["step"]}
         best = self.dir / checkpoint.BEST
         if best.exists():
             checkpoint.load_weights(best, session.model)

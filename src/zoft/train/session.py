@@ -14,16 +14,31 @@ from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
 from zoft.train.config import TrainConfig
+from zoft.train import checkpoint
 from zoft.train.objective import Objective, collate, greedy_answers
+from zoft.train.precision import MasterWeights
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters; with weight decay, biases and norm weights (ndim < 2) get none."""
-    params = [p for p in model.parameters() if p.requires_grad]
+def parameter_groups(model: torch.nn.Module, weight_decay: float, named: bool = False) -> list[dict[str, Any]]:
+    """Trainable parameters; with weight decay, biases and norm weights (ndim < 2) get none.
+    ``named``: (name, tensor) pairs (torch.optim's named parameters), for optimizers that
+    match tensors by name (zo-finetuner)."""
+    params = [(n, p) if named else p for n, p in model.named_parameters() if p.requires_grad]
     if not weight_decay:
         return [{"params": params}]
-    return [{"params": [p for p in params if p.ndim >= 2]},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    ndim = (lambda x: x[1].ndim) if named else (lambda x: x.ndim)
+    return [{"params": [p for p in params if ndim(p) >= 2]},
+            {"params": [p for p in params if ndim(p) < 2], "weight_decay": 0.0}]
+
+
+def check_resident(model: torch.nn.Module) -> None:
+    """Refuse trainable tensors that a device map offloaded (meta placeholders): accelerate
+    streams those in per forward, so an in-place perturbation or update would be lost."""
+    ghosts = [n for n, p in model.named_parameters() if p.requires_grad and p.device.type == "meta"]
+    if ghosts:
+        raise ValueError(f"the device map offloaded {len(ghosts)} trainable tensor(s) to cpu/disk "
+                         f"(first: {ghosts[0]}); training needs them resident on a device: give "
+                         "the devices more memory (max_memory) or train a PEFT scheme")
 
 
 @dataclass
@@ -36,6 +51,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     objective: Objective
     device: torch.device
+    masters: MasterWeights | None = None
 
     @classmethod
     def build(cls, cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> "Session":
@@ -44,25 +60,38 @@ class Session:
         splits = load_splits(cfg.task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         for note in splits.notes:
             log(f"note: {note}")
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+        master_weights = cfg.uses_master_weights()  # invalid combinations fail before loading
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
+        check_resident(model)
         model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
         hp = cfg.optimizer_hparams()
         if cfg.optimizer == "forward-grad":
             hp["module"] = model
             # torch's fused CPU attention kernels have no forward-mode AD (jvp): use eager attention
             model.set_attn_implementation("eager")
-        optimizer = make_optimizer(cfg.optimizer, parameter_groups(model, cfg.weight_decay), **hp)
+        groups = parameter_groups(model, cfg.weight_decay, named=cfg.optimizer == "zo-finetuner")
+        masters = None
+        if master_weights:
+            masters = MasterWeights(model)
+            groups = masters.swap_into(groups)
+            log(f"master weights: fp32 copies of {len(masters)} low-precision trainable tensors")
+        optimizer = make_optimizer(cfg.optimizer, groups, **hp)
         generation = task.kind == "generation"
         objective = Objective(model, generation=generation, offset=position_offset(model))
         device = next(model.parameters()).device
-        return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device)
+        return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters)
 
     @property
     def closure_driven(self) -> bool:
         """True for optimizers that evaluate the closure themselves (ZO and forward-grad);
         False for the backprop baselines, whose gradients the loop accumulates."""
         return isinstance(self.optimizer, ZOOptimizer)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors to checkpoint: fp32 masters where there are masters."""
+        state = checkpoint.trainable_state(self.model)
+        return {**state, **self.masters.state()} if self.masters else state
 
     def batch(self, examples: Sequence[Example]):
         return collate(self.tokenizer, examples, self.cfg.max_length,
