@@ -112,17 +112,19 @@ class Objective:
         self.generation = generation
         self.offset = offset
 
-    def token_logprobs(self, batch: Batch) -> torch.Tensor:
-        """(N,) log p(target) at every scored position, computed in float32."""
+    def token_logprobs(self, batch: Batch, module: torch.nn.Module | None = None) -> torch.Tensor:
+        """(N,) log p(target) at every scored position, computed in float32. ``module``: what
+        to call (default: the runner; evaluation calls the bare model, since a
+        DistributedDataParallel forward is a collective that every rank must join)."""
         with scored_positions(self.model, batch.rows, batch.cols + self.offset):
-            logits = self.runner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            logits = (module or self.runner)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 use_cache=False).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(1, batch.targets[:, None])[:, 0]
 
-    def sequence_scores(self, batch: Batch) -> torch.Tensor:
+    def sequence_scores(self, batch: Batch, module: torch.nn.Module | None = None) -> torch.Tensor:
         """(S,) mean log-prob of each candidate's tokens (length-normalised)."""
-        lp = self.token_logprobs(batch)
+        lp = self.token_logprobs(batch, module)
         n_seq = batch.input_ids.shape[0]
         total = torch.zeros(n_seq, dtype=lp.dtype, device=lp.device).index_add_(0, batch.rows, lp)
         return total / torch.bincount(batch.rows, minlength=n_seq).to(lp.dtype)
@@ -147,7 +149,7 @@ class Objective:
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> list[int]:
-        scores = self.sequence_scores(batch)
+        scores = self.sequence_scores(batch, self.model)
         return [int(scores[f: f + n].argmax()) for f, n in zip(batch.first.tolist(), batch.sizes.tolist())]
 
 
