@@ -56,9 +56,15 @@ def one_process(args: list[str], out: Path) -> dict:
     return train(cfg)
 
 
-@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "jaguar-sign", "fo-sgd"])
+@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "jaguar-sign", "zo-finetuner", "fo-sgd"])
 def test_two_ranks_follow_one_rank(tmp_path, optimizer):
     args = ARGS + ["--optimizer", optimizer] + ([] if optimizer.startswith("fo-") else ["--rng", "torch"])
+    if optimizer == "zo-finetuner":  # its networks read the all-reduced losses of the last step
+        from zoft.cli import main
+
+        learned = tmp_path / "tiny.ft"
+        assert main(["learn-finetuner", *ARGS, "--steps", "3", "--out", str(learned)]) == 0
+        args += ["--finetuner", str(learned)]
     single = one_process(args, tmp_path / "one")
     assert single["status"] == "finished"
     proc = torchrun(args, tmp_path / "two")
