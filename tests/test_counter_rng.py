@@ -152,3 +152,16 @@ def test_forward_grad_accepts_the_counter_engine():
     for _ in range(100):
         opt.step(closure)
     assert float(closure()) < first
+
+
+def test_too_many_compiled_variants_is_an_error_not_a_silent_switch_to_eager(monkeypatch):
+    """Past dynamo's recompile limit new variants used to run eagerly (or switch the whole
+    engine to eager); eager and compiled Gaussians may differ in the last ulp, so a key's
+    numbers depended on what the process ran before, and a resumed run could differ from an
+    uninterrupted one. Now the limit is high (RECOMPILE_LIMIT) and hitting it is an error."""
+    monkeypatch.setattr(counter, "RECOMPILE_LIMIT", 1)
+    run = counter._compile_or_fallback(lambda x: x * 2 + 1)
+    run(torch.ones(5))
+    with pytest.raises(RuntimeError, match="compiled variants"):
+        run(torch.ones(5, dtype=torch.float64))  # a second kernel
+    assert not counter._compile_failed

@@ -189,6 +189,15 @@ def _compiled(name: str, fn: Callable) -> Callable:
     return _COMPILED[name]
 
 
+RECOMPILE_LIMIT = 64
+"""Kernels one compiled function may hold. Sizes 0 and 1, equal or unequal Gaussian halves,
+dtypes and devices each get their own kernel (about 8 per device in practice); past dynamo's
+default limit (8) it would silently run new variants eagerly, and since eager and compiled
+Gaussians may differ in the last ulp, a key's numbers would depend on what ran before in the
+process (a resumed run would not match an uninterrupted one). So the limit is raised and a
+hit is an error, never a silent switch."""
+
+
 def _compile_or_fallback(fn: Callable) -> Callable:
     compiled = torch.compile(fn, dynamic=True, fullgraph=True)
 
@@ -197,11 +206,16 @@ def _compile_or_fallback(fn: Callable) -> Callable:
         if _compile_failed:
             return fn(*args)
         try:
-            return compiled(*args)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+                return compiled(*args)
+        except torch._dynamo.exc.FailOnRecompileLimitHit as err:
+            raise RuntimeError(f"zoft counter noise: more than {RECOMPILE_LIMIT} compiled variants of "
+                               f"{fn.__name__}; raise zoft.perturb.counter.RECOMPILE_LIMIT") from err
         except Exception as err:  # no C++ compiler, unsupported backend: same maths, eagerly
             _compile_failed = True
             log.warning("zoft: torch.compile of the counter noise failed (%s: %s); running it "
-                        "eagerly (same numbers, slower). Set ZOFT_COMPILE=0 to skip the attempt.",
+                        "eagerly for the rest of the process (same distributions; the Gaussian may differ in the last "
+                        "ulp). Set ZOFT_COMPILE=0 to skip the attempt.",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             return fn(*args)
 
