@@ -160,6 +160,7 @@ def test_too_many_compiled_variants_is_an_error_not_a_silent_switch_to_eager(mon
     numbers depended on what the process ran before, and a resumed run could differ from an
     uninterrupted one. Now the limit is high (RECOMPILE_LIMIT) and hitting it is an error."""
     monkeypatch.setattr(counter, "RECOMPILE_LIMIT", 1)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     run = counter._compile_or_fallback(lambda x: x * 2 + 1)
     run(torch.ones(5))
     with pytest.raises(RuntimeError, match="compiled variants"):
