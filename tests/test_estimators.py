@@ -148,6 +148,32 @@ def test_dap_is_aligned_with_its_reference():
         assert av ** 2 == pytest.approx(aa, rel=1e-4)
 
 
+def _directions():
+    from zoft.estimators.directions import AlignedDirection, BlockDirection, SeededDirection
+    from zoft.perturb import get_sampler
+
+    gen = torch.Generator().manual_seed(3)
+    refs = [torch.randn(4, 3, generator=gen, dtype=torch.float64), torch.randn(7, generator=gen, dtype=torch.float64)]
+    params = [torch.zeros(4, 3, dtype=torch.float64), torch.zeros(7, dtype=torch.float64)]
+    rows = [(f"seeded-{rng}-{name}", SeededDirection(5, get_sampler(name, rng)))
+            for rng in ("torch", "counter") for name in ("gaussian", "rademacher", "sphere")]
+    rows.append(("dap", AlignedDirection(5, get_sampler("gaussian"), lambda j, p: refs[j], params)))
+    rows += [(f"block-{signs}", BlockDirection(5, 0.5, signs)) for signs in ("rademacher", "ones")]
+    return rows, params
+
+
+@pytest.mark.parametrize("row", range(len(_directions()[0])), ids=[n for n, _ in _directions()[0]])
+def test_every_direction_displaces_by_what_it_materializes(row):
+    """displace(j, p, alpha) must move p by exactly alpha * materialize(j, p): the estimate is
+    formed with materialize, the perturbation and restore with displace. (DAP's displace once
+    moved by the Gaussian part alone, so its estimate lost the component along the reference.)"""
+    (_, direction), params = _directions()[0][row], _directions()[1]
+    for j, p in enumerate(params):
+        moved = p.clone()
+        direction.displace(j, moved, 0.3)
+        torch.testing.assert_close(moved, p + 0.3 * direction.materialize(j, p).to(p.dtype), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(name="nope"), "unknown estimator 'nope'"),
     (dict(name="central", q=0), "invalid q 0"),

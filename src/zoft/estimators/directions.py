@@ -74,6 +74,12 @@ class AlignedDirection(SeededDirection):
             x.add_(self.reference(j, p).to(x.dtype), alpha=self.beta)
         return x
 
+    def displace(self, j: int, p: torch.Tensor, alpha: float) -> None:
+        if self.beta == 0.0:
+            super().displace(j, p, alpha)  # v = x: the sampler's fused add
+        else:  # v itself (one rounding of p), not the Gaussian part alone
+            p.add_(self.materialize(j, p), alpha=alpha)
+
 
 class BlockDirection:
     """A random block of rows per tensor, perturbed coordinate-wise (JAGUAR, seeds 000/002).
