@@ -14,7 +14,7 @@ import torch
 
 import zoft
 from zoft.core import derive_seed
-from zoft.perturb import counter, get_sampler
+from zoft.perturb import counter, get_sampler, native
 
 N = 1 << 21
 SE = 1 / math.sqrt(N)
@@ -85,7 +85,33 @@ def test_the_elementary_functions_match_float64():
     assert log_err < 2e-6 and cos_err < 1e-6 and sin_err < 1e-6
 
 
-def test_replay_fused_add_eager_and_compiled(monkeypatch):
+def _paths(kind: str, n: int, key: int) -> dict[str, torch.Tensor]:
+    """The float32 noise of one key from each path: native kernel, compiled torch, eager torch."""
+    k1, k2 = counter.split_key(key)
+    cpu = torch.device("cpu")
+    out = {"compiled": counter._compiled(f"draw-{kind}", counter._draw)(kind, n, k1, k2, cpu, torch.float32),
+           "eager": counter._draw(kind, n, k1, k2, cpu, torch.float32)}
+    lib = native.library()
+    if lib is not None:
+        out["native"] = torch.zeros(n)
+        native.add(lib, counter._NATIVE_KINDS[kind], [out["native"]], [k1], [k2], [1.0])
+    return out
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+@pytest.mark.parametrize("n", [1, 2, 3, 31, 32, 33, 4097, 100_003])
+def test_every_path_gives_the_same_noise(kind, n):
+    """Integer bits are identical on every path; the Gaussian's float part to the last ulp."""
+    paths = _paths(kind, n, derive_seed(3, 4))
+    assert native.library() is not None, "the native kernel did not build on this machine"
+    for name, z in paths.items():
+        if kind == "rademacher":
+            assert torch.equal(z, paths["eager"]), name
+        else:
+            torch.testing.assert_close(z, paths["eager"], rtol=0, atol=1e-5, msg=name)
+
+
+def test_replay_and_fused_add_match_draw():
     shape, key = torch.Size([37, 113]), derive_seed(3, 4)
     for kind in ("gaussian", "rademacher"):
         a = counter.draw(kind, shape, key, torch.float32, "cpu")
@@ -93,15 +119,67 @@ def test_replay_fused_add_eager_and_compiled(monkeypatch):
         p = torch.full(shape, 0.25)
         counter.add_(kind, p, key, -0.5)
         torch.testing.assert_close(p, 0.25 - 0.5 * a, rtol=0, atol=1e-7)
-        monkeypatch.setenv("ZOFT_COMPILE", "0")
-        eager = counter.draw(kind, shape, key, torch.float32, "cpu")
-        monkeypatch.setenv("ZOFT_COMPILE", "1")
-        if kind == "rademacher":
-            assert torch.equal(eager, a)  # integer bits: identical on every path
-        else:
-            torch.testing.assert_close(eager, a, rtol=0, atol=1e-5)  # last-ulp differences only
     bits = counter.bits(1000, 11, -12, torch.device("cpu"))
     assert torch.equal(bits, counter.bits(1000, 11, -12, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "rademacher"])
+def test_one_call_over_many_tensors_equals_one_call_per_tensor(kind):
+    """add_many_ (native: every float32/float64 tensor in one call; others one by one) gives
+    each tensor what add_ gives it alone, whatever the mix of sizes, dtypes and layouts."""
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(s, generator=gen).to(dt) for s, dt in [
+        ((7, 5), torch.float32), ((1,), torch.float64), ((33,), torch.float32), ((300, 301), torch.float32),
+        ((64,), torch.bfloat16), ((2, 3), torch.float64)]]
+    tensors.append(torch.randn(9, 4, generator=gen).t())  # not contiguous
+    keys = [derive_seed(5, j) for j in range(len(tensors))]
+    alphas = [0.5 * (j + 1) * (-1) ** j for j in range(len(tensors))]
+    batched = [t.clone() for t in tensors]
+    counter.add_many_(kind, batched, keys, alphas)
+    for t, b, key, alpha in zip(tensors, batched, keys, alphas):
+        alone = t.clone()
+        counter.add_(kind, alone, key, alpha)
+        assert torch.equal(alone, b)
+        noise = counter.draw(kind, t.shape, key, torch.float64 if t.dtype == torch.float64 else torch.float32, "cpu")
+        torch.testing.assert_close(b, (t.to(noise.dtype) + alpha * noise).to(t.dtype),
+                                   rtol=0, atol=1e-2 if t.dtype == torch.bfloat16 else 1e-6)
+
+
+def test_the_native_kernel_does_not_depend_on_the_thread_count():
+    if native.library() is None:
+        pytest.skip("no native kernel on this machine")
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            p = torch.zeros(1_000_003)
+            counter.add_("gaussian", p, 99, 1.0)
+            results.append((p, counter.sum_of_squares("gaussian", 1_000_003, 99, "cpu")))
+    finally:
+        torch.set_num_threads(before)
+    for p, sq in results[1:]:
+        assert torch.equal(p, results[0][0]) and sq == results[0][1]
+    assert results[0][1] == pytest.approx(float(results[0][0].double().square().sum()), rel=1e-12)
+
+
+def test_the_kernel_is_built_once_and_cached(tmp_path, monkeypatch):
+    if native.library() is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.setenv("ZOFT_CACHE", str(tmp_path))
+    source = "int zoft_probe(void) { return 7; }\n"
+    first = native._build(source, "cc")
+    assert first is not None and first.parent == tmp_path / "kernels"
+    stamp = first.stat().st_mtime_ns
+    assert native._build(source, "cc") == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left behind
+
+
+def test_without_the_native_kernel_the_compiled_path_runs(monkeypatch):
+    monkeypatch.setenv("ZOFT_NATIVE", "0")
+    p = torch.zeros(1000)
+    counter.add_("gaussian", p, 3, 1.0)
+    torch.testing.assert_close(p, _paths("gaussian", 1000, 3)["eager"], rtol=0, atol=1e-5)
 
 
 def test_sphere_has_radius_sqrt_n_per_tensor_and_add_matches_draw():

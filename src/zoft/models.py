@@ -40,6 +40,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GgufC
                           LlamaConfig, OPTConfig, PretrainedConfig, PreTrainedModel,
                           PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
+from zoft.core import cache_dir
+
 log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16,
@@ -184,11 +186,6 @@ def _tiny_model(alias: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTra
 # ---------------------------------------------------------------------------------------------
 # The bundled SmolLM2-135M-Instruct
 # ---------------------------------------------------------------------------------------------
-
-def cache_dir() -> Path:
-    """zoft's cache folder: ``$ZOFT_CACHE`` if set, else ``~/.cache/zoft``."""
-    return Path(os.environ.get("ZOFT_CACHE") or "~/.cache/zoft").expanduser()
-
 
 def _package_folder(package: str) -> Path | None:
     """The folder of an installed package, found without importing it (None if absent)."""

@@ -1,5 +1,6 @@
 """zoft.core: types, registry and seeded generators. Depends on torch only."""
 
+from zoft.core.paths import cache_dir
 from zoft.core.registry import Registry
 from zoft.core.rng import derive_seed, generator, uniform
 from zoft.core.types import (
@@ -20,6 +21,7 @@ __all__ = [
     "ParamSpace",
     "Registry",
     "Term",
+    "cache_dir",
     "derive_seed",
     "generator",
     "loss_value",

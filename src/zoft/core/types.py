@@ -32,6 +32,11 @@ class Direction(Protocol):
         """p += alpha * u_j in place (sparse directions touch only their support)."""
         ...
 
+    def displace_all(self, params: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+        """``displace(j, params[j], alphas[j])`` for every j, in one call (a noise engine may
+        then generate every tensor's part in one pass)."""
+        ...
+
     def support(self, j: int, p: torch.Tensor) -> torch.Tensor | None:
         """Row indices that u_j can be non-zero on, or None for dense directions."""
         ...
@@ -61,8 +66,7 @@ class ParamSpace:
 
     def displace(self, direction: Direction, r: float) -> None:
         """x_j += r * eps_j * s_j * u_j for every tensor j (one regeneration of u)."""
-        for j, p in enumerate(self.params):
-            direction.displace(j, p, r * self.eps[j] * self.scale[j])
+        direction.displace_all(self.params, [r * self.step_factor(j) for j in range(len(self.params))])
 
     def step_factor(self, j: int) -> float:
         """eps_j * s_j: how far tensor j moves per unit of r."""

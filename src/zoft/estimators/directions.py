@@ -15,6 +15,12 @@ from zoft.core import derive_seed, generator, uniform
 from zoft.perturb import Sampler, noise_dtype
 
 
+def displace_each(direction, params: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+    """``displace_all`` as one ``displace`` per tensor (directions with nothing to batch)."""
+    for j, (p, alpha) in enumerate(zip(params, alphas)):
+        direction.displace(j, p, alpha)
+
+
 class SeededDirection:
     """u_j = the sampler's draw for tensor j's shape and key derive_seed(seed, j)."""
 
@@ -27,6 +33,9 @@ class SeededDirection:
 
     def displace(self, j: int, p: torch.Tensor, alpha: float) -> None:
         self.sampler.add_(p, derive_seed(self.seed, j), alpha)
+
+    def displace_all(self, params: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+        self.sampler.add_many_(params, [derive_seed(self.seed, j) for j in range(len(params))], alphas)
 
     def support(self, j: int, p: torch.Tensor) -> torch.Tensor | None:
         return None
@@ -80,6 +89,12 @@ class AlignedDirection(SeededDirection):
         else:  # v itself (one rounding of p), not the Gaussian part alone
             p.add_(self.materialize(j, p), alpha=alpha)
 
+    def displace_all(self, params: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+        if self.beta == 0.0:
+            super().displace_all(params, alphas)
+        else:
+            displace_each(self, params, alphas)
+
 
 class BlockDirection:
     """A random block of rows per tensor, perturbed coordinate-wise (JAGUAR, seeds 000/002).
@@ -125,6 +140,9 @@ class BlockDirection:
             p.add_(vals, alpha=alpha)
         else:
             p.index_add_(0, idx, vals.to(p.dtype), alpha=alpha)
+
+    def displace_all(self, params: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+        displace_each(self, params, alphas)
 
     def support(self, j: int, p: torch.Tensor) -> torch.Tensor | None:
         return self._block(j, p)[0] if p.dim() > 0 else None

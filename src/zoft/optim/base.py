@@ -16,7 +16,7 @@ Returns from ``step``: the loss at the unperturbed point when the estimator eval
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -120,16 +120,12 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _update(self, space: ParamSpace, est: Estimate) -> None:
         pairs = self._tensors()
+        if not self.chain:
+            self._linear_update(pairs, space, est)
+            return
         for j, (p, group) in enumerate(pairs):
             coefs = _coefficients(space, est, j, p)
             lr, wd = group["lr"], group["weight_decay"]
-            if not self.chain:  # linear in g: fused restore + update, g never formed
-                decay = 1.0 - lr * wd
-                if decay != 1.0:
-                    p.mul_(decay)
-                for d, (r, c) in coefs.items():
-                    d.displace(j, p, r * decay - lr * c)
-                continue
             g = torch.zeros(p.shape, dtype=torch.float32 if p.dtype != torch.float64 else p.dtype,
                             device=p.device)
             for d, (r, c) in coefs.items():
@@ -144,6 +140,18 @@ class ZOOptimizer(torch.optim.Optimizer):
                 p.mul_(1.0 - lr * wd)
             out = chain_apply(self.chain, g, p, self.state[p], group, _support(est, j, p))
             p.add_(out, alpha=-lr)
+
+    @staticmethod
+    def _linear_update(pairs: list[tuple[torch.Tensor, dict]], space: ParamSpace, est: Estimate) -> None:
+        """Linear in g: restore and update fused, g never formed. p *= decay = 1 - lr wd, then
+        tensor j moves by r decay - lr c along each direction (one noise pass per direction)."""
+        decays, lrs = [], []
+        for p, group in pairs:
+            lrs.append(group["lr"])
+            decays.append(1.0 - group["lr"] * group["weight_decay"])
+            if decays[-1] != 1.0:
+                p.mul_(decays[-1])
+        displace_along(space, est, lambda j, r, c: r * decays[j] - lrs[j] * c)
 
     # -- checkpointing ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -161,6 +169,19 @@ class ZOOptimizer(torch.optim.Optimizer):
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "zo"})
         self.seed, self.steps_taken = zo["seed"], zo["steps_taken"]
         self.forward_passes = zo["forward_passes"]
+
+
+def displace_along(space: ParamSpace, est: Estimate, amount: Callable[[int, float, float], float]) -> None:
+    """Tensor j moves by amount(j, r, c) * u_j along each direction of ``est`` (r: its pending
+    restore, c: its estimate coefficient, both in units of u_j); each direction moves every
+    tensor in one ``displace_all`` call, so a batching noise engine makes one pass."""
+    alphas: dict[Direction, list[float]] = {}
+    for j, p in enumerate(space.params):
+        for d, (r, c) in _coefficients(space, est, j, p).items():
+            alphas.setdefault(d, [0.0] * len(space.params))[j] = amount(j, r, c)
+    for d, amounts in alphas.items():
+        if any(amounts):
+            d.displace_all(space.params, amounts)
 
 
 def _coefficients(space: ParamSpace, est: Estimate, j: int, p: torch.Tensor) -> dict[Direction, list[float]]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from zoft.core import Closure, NonFiniteLossError, ParamSpace, derive_seed, loss_value
-from zoft.optim.base import ZOOptimizer, _coefficients, check_range
+from zoft.optim.base import ZOOptimizer, check_range, displace_along
 from zoft.optim.transforms import Adam, BlockMomentum, HeavyBall, Orthogonalize, Sign
 
 
@@ -144,11 +144,7 @@ class ZOSGDCons(ZOOptimizer):
     @staticmethod
     def _move(space: ParamSpace, est, restore: float, lr_sign: float, lrs) -> None:
         """x += restore * pending + lr_sign * lr * g, one regeneration per direction."""
-        for j, p in enumerate(space.params):
-            for d, (r, c) in _coefficients(space, est, j, p).items():
-                alpha = restore * r + lr_sign * lrs[j] * c
-                if alpha:
-                    d.displace(j, p, alpha)
+        displace_along(space, est, lambda j, r, c: restore * r + lr_sign * lrs[j] * c)
 
     def _eval(self, closure, space, est, lrs, at: float) -> float:
         value = loss_value(closure())

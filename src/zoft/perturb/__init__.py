@@ -20,8 +20,9 @@ direction, so it lives in :mod:`zoft.estimators.directions` and uses the Gaussia
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import torch
 
@@ -33,6 +34,10 @@ class Sampler(Protocol):
     def draw(self, shape: torch.Size, key: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor: ...
 
     def add_(self, p: torch.Tensor, key: int, alpha: float) -> None: ...
+
+    def add_many_(self, params: Sequence[torch.Tensor], keys: Sequence[int], alphas: Sequence[float]) -> None:
+        """``add_`` for every tensor (one call, so an engine may batch them)."""
+        ...
 
 
 def noise_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -51,6 +56,10 @@ class TorchSampler:
 
     def add_(self, p, key, alpha):
         p.add_(self.draw(p.shape, key, p.dtype, p.device), alpha=alpha)
+
+    def add_many_(self, params, keys, alphas):
+        for p, key, alpha in zip(params, keys, alphas):
+            self.add_(p, key, alpha)
 
 
 class Gaussian(TorchSampler):
@@ -100,12 +109,22 @@ class CounterSampler:
     def add_(self, p, key, alpha):
         counter.add_(self.kind, p, key, alpha)
 
+    def add_many_(self, params, keys, alphas):
+        counter.add_many_(self.kind, params, keys, alphas)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counter_sphere_scale(n: int, key: int, device: torch.device) -> float:
+    # a direction is applied three times per step (perturb, flip, restore + update): its
+    # radius pass over the noise is made once
+    return _sphere_scale(counter.sum_of_squares("gaussian", n, key, device), n)
+
 
 class CounterSphere:
     """The counter Gaussian scaled to radius sqrt(n) per tensor (as :class:`Sphere`)."""
 
     def _scale(self, n: int, key: int, device) -> float:
-        return _sphere_scale(counter.sum_of_squares("gaussian", n, key, device), n)
+        return _counter_sphere_scale(n, key, torch.device(device))
 
     def draw(self, shape, key, dtype, device):
         n = math.prod(shape)
@@ -113,7 +132,11 @@ class CounterSphere:
         return u.mul_(self._scale(n, key, device))
 
     def add_(self, p, key, alpha):
-        counter.add_("gaussian", p, key, alpha * self._scale(p.numel(), key, p.device))
+        self.add_many_([p], [key], [alpha])
+
+    def add_many_(self, params, keys, alphas):
+        scaled = [a * self._scale(p.numel(), k, p.device) for p, k, a in zip(params, keys, alphas)]
+        counter.add_many_("gaussian", params, keys, scaled)
 
 
 SAMPLERS: Registry[Sampler] = Registry("perturbation")

@@ -20,11 +20,15 @@ Rademacher: entry i is bit (i mod 32) of the hash of i // 32: one hash serves 32
 Sphere:    the Gaussian scaled to radius sqrt(n) per tensor, as the torch sampler (one more
            pass: the norm).
 
-The integer part is exact wherever it runs, so a key gives the same bits eagerly, compiled,
-on CPU and on GPU; the Gaussian's floating-point part may differ in the last ulp between
-those paths, and is bitwise identical between reruns on one path. Without a working compiler
-the same expressions run eagerly (correct, several times slower than torch's generator); set
-``ZOFT_COMPILE=0`` to force that.
+Three paths compute these definitions. On the CPU, float32/float64 tensors go through a small
+C kernel (``counter_kernel.c``, built at first use by :mod:`zoft.perturb.native`) that updates
+a whole list of tensors in one multi-threaded call; elsewhere (GPU, half precision) the torch
+expressions below are compiled with ``torch.compile``; without a compiler they run eagerly
+(correct, several times slower than torch's generator). ``ZOFT_NATIVE=0`` and
+``ZOFT_COMPILE=0`` switch the first two off. The integer part is exact on every path, so a key
+gives the same bits everywhere; the Gaussian's floating-point part may differ in the last ulp
+between paths, and is bitwise identical between reruns on one path (the native kernel's
+result does not depend on the number of threads).
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from zoft.core.rng import splitmix64
+from zoft.perturb import native
 
 log = logging.getLogger(__name__)
 
@@ -229,22 +234,52 @@ def _check(n: int) -> None:
                          f"entries is too large (split it, or use rng='torch')")
 
 
+_NATIVE_KINDS = {"gaussian": native.GAUSSIAN, "rademacher": native.RADEMACHER}
+
+
 def draw(kind: str, shape: torch.Size, key: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The noise tensor of ``key`` (``kind``: gaussian | rademacher)."""
     n = math.prod(shape)
     _check(n)
     k1, k2 = split_key(key)
-    return _compiled(f"draw-{kind}", _draw)(kind, n, k1, k2, torch.device(device), dtype).view(shape)
+    device = torch.device(device)
+    lib = native.library()
+    if lib is not None and device.type == "cpu" and dtype in native.DTYPE_CODES:
+        out = torch.zeros(n, dtype=dtype)
+        native.add(lib, _NATIVE_KINDS[kind], [out], [k1], [k2], [1.0])
+        return out.view(shape)
+    return _compiled(f"draw-{kind}", _draw)(kind, n, k1, k2, device, dtype).view(shape)
 
 
 def add_(kind: str, p: torch.Tensor, key: int, alpha: float) -> None:
     """p += alpha * draw(kind, p.shape, key): one pass over p, no noise tensor."""
-    _check(p.numel())
+    add_many_(kind, [p], [key], [alpha])
+
+
+def add_many_(kind: str, tensors: Sequence[torch.Tensor], keys: Sequence[int], alphas: Sequence[float]) -> None:
+    """tensors[t] += alphas[t] * draw(kind, tensors[t].shape, keys[t]) for every t. On the CPU
+    the native kernel does every float32/float64 tensor in one multi-threaded call; the others
+    (GPU, half precision, non-contiguous) go through the compiled torch path one by one."""
+    for p in tensors:
+        _check(p.numel())
+    lib = native.library()
+    fast = [t for t, p in enumerate(tensors) if lib is not None and native.handles(p)]
+    if fast:
+        words = [split_key(keys[t]) for t in fast]
+        native.add(lib, _NATIVE_KINDS[kind], [tensors[t] for t in fast], [w[0] for w in words],
+                   [w[1] for w in words], [float(alphas[t]) for t in fast])
+    done = set(fast)
+    for t, p in enumerate(tensors):
+        if t not in done:
+            _add_compiled(kind, p, keys[t], float(alphas[t]))
+
+
+def _add_compiled(kind: str, p: torch.Tensor, key: int, alpha: float) -> None:
     k1, k2 = split_key(key)
     if not p.is_contiguous():
-        p.add_(draw(kind, p.shape, key, torch.float32, p.device), alpha=alpha)
+        p.add_(draw(kind, p.shape, key, _noise_dtype(p), p.device), alpha=alpha)
         return
-    flat, alpha = p.view(-1), float(alpha)
+    flat = p.view(-1)
     if kind == "gaussian":
         m = flat.numel() - flat.numel() // 2
         _compiled("add-gaussian", _add_gaussian)(flat[:m], flat[m:], k1, k2, alpha)
@@ -261,4 +296,7 @@ def sum_of_squares(kind: str, n: int, key: int, device: torch.device) -> float:
     """||draw(kind, (n,), key)||^2 without keeping the noise (for the sphere's radius)."""
     _check(n)
     k1, k2 = split_key(key)
+    lib = native.library()
+    if kind == "gaussian" and lib is not None and torch.device(device).type == "cpu":
+        return native.gaussian_sum_of_squares(lib, n, k1, k2)
     return float(_compiled(f"sumsq-{kind}", _sum_sq)(kind, n, k1, k2, torch.device(device)))
