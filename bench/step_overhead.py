@@ -7,15 +7,18 @@ in one process and side by side:
   forward   the median time of one loss evaluation without gradients (what a ZO query costs)
   step      the median time of one real training step (zoft.train.loop.take_step)
   queries   forward passes per step, counted by the same hook as in `zoft train`
-  ratio     step / forward: a two-point ZO step cannot be below 2.0
+  ratio     the median over repeats of step / forward, each step against the forward measured
+            just before it (ratio_min, ratio_max: the spread); a two-point ZO step cannot be
+            below 2.0
 
 ZO optimizers are measured with each noise engine (--rngs): torch's generator and zoft's
 counter-based one (zoft.perturb.counter).
 
 plus a MeZO-style reference step written here as the baseline (MeZO's ``zo_perturb_parameters``
 and ``zo_update``: the global RNG re-seeded and the Gaussian noise regenerated four times per
-step, out-of-place ``p.data = p.data + scale * z``). Each cell's forward time is measured right
-before its steps, so a ratio is never taken across a change of machine load.
+step, out-of-place ``p.data = p.data + scale * z``). Each cell's forward time is measured
+interleaved with its steps (one forward, one step, repeated; medians of each), so a ratio is
+never taken across a change of machine load.
 
     python bench/step_overhead.py                       # every optimizer x {full, lora}
     python bench/step_overhead.py --schemes full lora prefix prompt --out bench/results
@@ -44,17 +47,12 @@ from zoft.train.session import Session
 MEZO = "mezo-reference"
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of fn() over ``repeats`` calls after one warm-up call."""
+def once(fn, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    synchronize(device)
+    return time.perf_counter() - start
 
 
 def mezo_reference_step(params: list[torch.Tensor], closure, seed: int, eps: float, lr: float) -> float:
@@ -90,7 +88,6 @@ def measure(cfg: TrainConfig, repeats: int, reference: bool = False) -> dict:
         with torch.no_grad():
             return s.objective.loss(batch)
 
-    forward_s = timed(forward, repeats, s.device)
     if reference:
         params = [p for p in s.model.parameters() if p.requires_grad]
         seeds = iter(range(10**6))
@@ -98,13 +95,23 @@ def measure(cfg: TrainConfig, repeats: int, reference: bool = False) -> dict:
                                            cfg.eps or 1e-3, cfg.lr)
     else:
         step = lambda: take_step(s, [batch])
+    forward()  # warm-up of both (compilation, first-touch allocations)
     meter.counting = True
-    step_s = timed(step, repeats, s.device)
+    step()
+    forward_times, step_times = [], []
+    for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits both
+        meter.counting = False
+        forward_times.append(once(forward, s.device))
+        meter.counting = True
+        step_times.append(once(step, s.device))
+    forward_s, step_s = statistics.median(forward_times), statistics.median(step_times)
+    ratios = sorted(st / fw for st, fw in zip(step_times, forward_times))  # each step against its forward
     queries = meter.forward_passes / (repeats + 1)
     trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     return {"optimizer": MEZO if reference else cfg.optimizer, "peft": cfg.peft, "forward_s": round(forward_s, 4),
-            "step_s": round(step_s, 4), "ratio": round(step_s / forward_s, 3),
-            "queries_per_step": queries, "overhead_per_query": round(step_s / forward_s / queries, 3),
+            "step_s": round(step_s, 4), "ratio": round(statistics.median(ratios), 3),
+            "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3),
+            "queries_per_step": queries, "overhead_per_query": round(statistics.median(ratios) / queries, 3),
             "trainable_params": trainable, "tokens": int(batch.attention_mask.sum()),
             "sequences": int(batch.input_ids.shape[0]), "seq_len": int(batch.input_ids.shape[1])}
 
@@ -167,7 +174,7 @@ def main() -> None:
                        "perturbation": "gaussian" if name == MEZO else (args.perturbation if zo else "-")}
                 rows.append(row)
                 print(f"{scheme:7s} {name:16s} {rng:8s} forward {row['forward_s']:.3f} s  step {row['step_s']:.3f} s"
-                      f"  ratio {row['ratio']:.2f}  queries/step {row['queries_per_step']:.2f}", flush=True)
+                      f"  ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  queries/step {row['queries_per_step']:.2f}", flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

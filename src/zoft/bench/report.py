@@ -57,8 +57,23 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +- {std:.3f} (n={len(values)})"
 
 
+FINAL_WINDOW = 0.1  # final training loss: mean over the last 10% of a run's logged steps
+BASELINE = "zo-sgd"  # the head-to-head table compares every other trained optimizer with it
+
+
+def final_loss(out: Path, key: str) -> float | None:
+    """Mean training loss over the last FINAL_WINDOW of the run's logged steps (None: none)."""
+    path = out / "cells" / key / "metrics.jsonl"
+    if not path.exists():
+        return None
+    losses = [row["loss"] for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]
+    tail = losses[-max(1, int(FINAL_WINDOW * len(losses))):] if losses else []
+    return statistics.mean(tail) if tail else None
+
+
 def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Per GROUP: the seeds of the hyperparameter setting with the best mean dev metric."""
+    """Per GROUP: the seeds of the hyperparameter setting with the best mean dev metric (ties,
+    common when short runs leave the dev accuracy where it was, go to the lower final loss)."""
     settings: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["status"] != "finished":
@@ -66,9 +81,11 @@ def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
         setting = json.dumps({k: v for k, v in json.loads(r["config"]).items() if k != "seed"}, sort_keys=True)
         settings[tuple(r[k] for k in GROUP)][setting].append(r)
 
-    def score(runs: list[dict]) -> float:
+    def score(runs: list[dict]) -> tuple[float, float]:
         devs = [r["best_dev_metric"] for r in runs if r["best_dev_metric"] is not None]
-        return statistics.mean(devs) if devs else float("-inf")
+        losses = [r["final_loss"] for r in runs if r.get("final_loss") is not None]
+        return (statistics.mean(devs) if devs else float("-inf"),
+                -statistics.mean(losses) if losses else float("-inf"))
 
     return {g: max(by_setting.values(), key=score) for g, by_setting in settings.items()}
 
@@ -84,6 +101,15 @@ def tables(rows: list[dict]) -> str:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])
                  for c in columns]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    lines += ["", f"## Final training loss (chosen setting; mean over the last {FINAL_WINDOW:.0%} of the steps, "
+              "mean +- std over seeds)", "", head, "|---|" + "---|" * len(columns)]
+    for opt in optimizers:
+        if opt == "zero-shot":
+            continue
+        cells = [_mean_std([r["final_loss"] for r in chosen.get((*c, opt), []) if r.get("final_loss") is not None])
+                 for c in columns]
+        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    lines += head_to_head(chosen, columns, optimizers)
     lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "",
               "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |",
               "|---|" + "---|" * len(columns)]
@@ -107,9 +133,41 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mean_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def head_to_head(chosen: dict[tuple, list[dict]], columns: list[tuple], optimizers: list[str]) -> list[str]:
+    """Every other trained optimizer against BASELINE over the (model, task, peft) columns both
+    ran: wins / ties / losses and the mean difference, on test metric (higher wins) and on
+    final training loss (lower wins). Empty when the baseline is absent."""
+    if BASELINE not in optimizers:
+        return []
+    lines = ["", f"## Against {BASELINE} (chosen settings; a win is a higher mean test metric, or a lower "
+             "mean final loss, over the columns both ran)", "",
+             "| optimizer | columns | test: wins / ties / losses | mean test difference | "
+             "loss: wins / ties / losses | mean loss difference |", "|---|---|---|---|---|---|"]
+    for opt in optimizers:
+        if opt in (BASELINE, "zero-shot"):
+            continue
+        pairs = [(chosen[(*c, opt)], chosen[(*c, BASELINE)]) for c in columns
+                 if (*c, opt) in chosen and (*c, BASELINE) in chosen]
+        cells = []
+        for key, sign in (("test_metric", 1.0), ("final_loss", -1.0)):
+            diffs = [a - b for a, b in ((_mean_of(x, key), _mean_of(y, key)) for x, y in pairs)
+                     if a is not None and b is not None]
+            wins = sum(sign * d > 0 for d in diffs)
+            ties = sum(d == 0 for d in diffs)
+            cells += [f"{wins} / {ties} / {len(diffs) - wins - ties}",
+                      f"{statistics.mean(diffs):+.4f}" if diffs else "-"]
+        lines.append(f"| {opt} | {len(pairs)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def build_report(out: Path) -> list[dict]:
     """Write results.csv, tables.md and the plots for the grid in ``out``; returns the rows."""
-    rows = [_row(r) for r in load_records(out)]
+    rows = [{**_row(r), "final_loss": final_loss(out, r["key"])} for r in load_records(out)]
     if not rows:
         raise FileNotFoundError(f"{out} holds no benchmark cells (no cells/*/cell.json)")
     write_csv(rows, out / "results.csv")
