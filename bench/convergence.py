@@ -1,7 +1,10 @@
 """Loss vs forward passes of every zoft optimizer at an equal forward-pass budget.
 
 What it measures
-    Every optimizer in zoft.list_optimizers() runs on two small convex problems in float32:
+    Every optimizer in zoft.list_optimizers() (but zo-finetuner, which needs a learned file), and
+    zo-sgd, zo-sgd-mmt and zo-adam with DAP perturbations (seed 001: the momentum is DAP's
+    reference; zo-sgd, which keeps none, spends half its queries on a pilot estimate), runs on
+    two small convex problems in float32:
       lsq       multi-output least squares, W (8 x 24) + b (8): 200 parameters,
                 f = 0.5 mean_i ||W x_i + b - y_i||^2, ill-conditioned features (kappa ~ 100)
       logistic  multinomial logistic regression, 4 classes, W (4 x 48) + b (4): 196 parameters,
@@ -119,9 +122,18 @@ PROBLEMS = {"lsq": LeastSquares, "logistic": Logistic}
 
 
 # -- one run ------------------------------------------------------------------------------
+VARIANTS = {  # name -> (optimizer, options): DAP (seed 001) around the momentum, or a pilot for zo-sgd
+    "zo-sgd+dap": ("zo-sgd", dict(perturbation="dap")),
+    "zo-sgd-mmt+dap": ("zo-sgd-mmt", dict(perturbation="dap")),
+    "zo-adam+dap": ("zo-adam", dict(perturbation="dap")),
+}
+
+
 def build(name: str, model: nn.Module, lr: float, seed: int):
-    extra = dict(module=model) if name == "forward-grad" else {}
-    return zoft.make_optimizer(name, model.parameters(), lr=lr, seed=seed, **extra)
+    optimizer, extra = VARIANTS.get(name, (name, {}))
+    if optimizer == "forward-grad":
+        extra = dict(module=model)
+    return zoft.make_optimizer(optimizer, model.parameters(), lr=lr, seed=seed, **extra)
 
 
 def run(problem: str, name: str, lr: float, cfg: dict, seed: int = OPT_SEED) -> dict:
@@ -260,7 +272,8 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    cfg = dict(QUICK if args.quick else FULL, quick=args.quick, optimizers=[n for n in zoft.list_optimizers() if n != "zo-finetuner"],  # needs a learned file
+    cfg = dict(QUICK if args.quick else FULL, quick=args.quick, optimizers=[*(n for n in zoft.list_optimizers() if n != "zo-finetuner"),  # needs a learned file
+                                                                    *VARIANTS],
                data_seed=DATA_SEED, opt_seed=OPT_SEED, dtype="float32", workers=args.workers,
                hyperparameters="zoft defaults except lr (ZO: eps=1e-3, q=1, gaussian, central; "
                                "jaguar: coordinate estimator, block_fraction=0.1, momentum=1e-2)")
