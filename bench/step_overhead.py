@@ -10,6 +10,10 @@ in one process and side by side:
   ratio     the median over repeats of step / forward, each step against the forward measured
             just before it (ratio_min, ratio_max: the spread); a two-point ZO step cannot be
             below 2.0
+  ratio_in_step  the median of step / (mean time of one forward call inside that same step),
+            timed by hooks on the model: the step's own forwards are the yardstick, so the
+            machine's slow and fast spells cancel (on a shared 2-core VM the forward time of
+            consecutive calls varies by up to +-30%, which the plain ratio carries)
 
 ZO optimizers are measured with each noise engine (--rngs): torch's generator and zoft's
 counter-based one (zoft.perturb.counter).
@@ -78,6 +82,24 @@ def mezo_reference_step(params: list[torch.Tensor], closure, seed: int, eps: flo
     return loss1
 
 
+class ForwardClock:
+    """Time spent inside the model's forward calls (device-synchronised hooks)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.device, self.seconds, self.calls, self._start = device, 0.0, 0, 0.0
+        model.register_forward_pre_hook(self._enter)
+        model.register_forward_hook(self._leave)
+
+    def _enter(self, module, args) -> None:
+        synchronize(self.device)
+        self._start = time.perf_counter()
+
+    def _leave(self, module, args, output) -> None:
+        synchronize(self.device)
+        self.seconds += time.perf_counter() - self._start
+        self.calls += 1
+
+
 def measure(cfg: TrainConfig, repeats: int, reference: bool = False) -> dict:
     """One cell; ``reference``: time the MeZO-style step on cfg's session instead of its optimizer."""
     s = Session.build(cfg, log=lambda m: None)
@@ -98,19 +120,25 @@ def measure(cfg: TrainConfig, repeats: int, reference: bool = False) -> dict:
     forward()  # warm-up of both (compilation, first-touch allocations)
     meter.counting = True
     step()
-    forward_times, step_times = [], []
+    clock = ForwardClock(s.model, s.device)
+    forward_times, step_times, in_step = [], [], []
     for _ in range(repeats):  # interleaved, so that a slow spell of the machine hits both
         meter.counting = False
         forward_times.append(once(forward, s.device))
         meter.counting = True
+        clock.seconds, clock.calls = 0.0, 0
         step_times.append(once(step, s.device))
+        in_step.append(step_times[-1] / (clock.seconds / clock.calls))  # against its own forwards
     forward_s, step_s = statistics.median(forward_times), statistics.median(step_times)
     ratios = sorted(st / fw for st, fw in zip(step_times, forward_times))  # each step against its forward
+    in_step.sort()
     queries = meter.forward_passes / (repeats + 1)
     trainable = sum(p.numel() for p in s.model.parameters() if p.requires_grad)
     return {"optimizer": MEZO if reference else cfg.optimizer, "peft": cfg.peft, "forward_s": round(forward_s, 4),
             "step_s": round(step_s, 4), "ratio": round(statistics.median(ratios), 3),
             "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3),
+            "ratio_in_step": round(statistics.median(in_step), 3), "ratio_in_step_min": round(in_step[0], 3),
+            "ratio_in_step_max": round(in_step[-1], 3),
             "queries_per_step": queries, "overhead_per_query": round(statistics.median(ratios) / queries, 3),
             "trainable_params": trainable, "tokens": int(batch.attention_mask.sum()),
             "sequences": int(batch.input_ids.shape[0]), "seq_len": int(batch.input_ids.shape[1])}
@@ -174,7 +202,9 @@ def main() -> None:
                        "perturbation": "gaussian" if name == MEZO else (args.perturbation if zo else "-")}
                 rows.append(row)
                 print(f"{scheme:7s} {name:16s} {rng:8s} forward {row['forward_s']:.3f} s  step {row['step_s']:.3f} s"
-                      f"  ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})  queries/step {row['queries_per_step']:.2f}", flush=True)
+                      f"  ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+                      f"  in step {row['ratio_in_step']:.2f} ({row['ratio_in_step_min']:.2f}-{row['ratio_in_step_max']:.2f})"
+                      f"  queries/step {row['queries_per_step']:.2f}", flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
