@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import statistics
 import time
@@ -177,7 +178,9 @@ def main() -> None:
     ap.add_argument("--optimizers", nargs="+",
                     default=[MEZO, *(n for n in list_optimizers() if n != "zo-finetuner")])
     ap.add_argument("--schemes", nargs="+", default=["full", "lora"])
-    ap.add_argument("--rngs", nargs="+", default=["torch", "counter"], help="noise engines of the ZO optimizers")
+    ap.add_argument("--rngs", nargs="+", default=["torch", "counter"],
+                    help="noise engines of the ZO optimizers; counter-compiled: the counter engine without its "
+                         "native CPU kernel (the torch.compile path, one launch per tensor)")
     ap.add_argument("--perturbation", default="gaussian", help="perturbation of the ZO optimizers")
     ap.add_argument("--name", default="step_overhead", help="stem of the output files")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -195,9 +198,11 @@ def main() -> None:
                 cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme,
                                   optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
                                   eps=DEFAULT_EPS[scheme] if name == MEZO else None,
-                                  rng=rng if zo else None, perturbation=args.perturbation if zo else None,
+                                  rng=rng.removesuffix("-compiled") if zo else None,
+                                  perturbation=args.perturbation if zo else None,
                                   batch_size=args.batch_size, max_length=args.max_length, device=args.device,
                                   train_size=args.batch_size, dev_size=0, test_size=0)
+                os.environ["ZOFT_NATIVE"] = "0" if rng.endswith("-compiled") else "1"
                 row = {**measure(cfg, args.repeats, reference=name == MEZO), "rng": rng,
                        "perturbation": "gaussian" if name == MEZO else (args.perturbation if zo else "-")}
                 rows.append(row)
