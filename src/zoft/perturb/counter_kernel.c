@@ -77,61 +77,39 @@ static inline void gaussian_pair(uint32_t j, uint32_t k1, uint32_t k2, float *zc
 
 /* ---- one tensor, a range of its work units ------------------------------------------- */
 
-/* pairs [a, b) of a float tensor of n entries: p[j] += alpha zc_j, p[m + j] += alpha zs_j */
-static void gaussian_f32(float *p, int64_t n, int64_t a, int64_t b, uint32_t k1, uint32_t k2, float alpha) {
-    int64_t m = n - n / 2, both = n / 2 < b ? n / 2 : b;
-    float *second = p + m;
-    for (int64_t j = a; j < both; j++) {
-        float zc, zs;
-        gaussian_pair((uint32_t)j, k1, k2, &zc, &zs);
-        p[j] += alpha * zc;
-        second[j] += alpha * zs;
+/* gaussian_T: pairs [a, b) of a tensor of n entries: p[j] += alpha zc_j, p[m + j] += alpha zs_j
+ * rademacher_T: rows [a, b) of 32 entries (the last row may be short)
+ * T is float or double; the noise is float32 either way, as the torch path's. */
+#define DEFINE_KERNELS(T)                                                                              \
+    static void gaussian_##T(T *p, int64_t n, int64_t a, int64_t b, uint32_t k1, uint32_t k2, T alpha) { \
+        int64_t m = n - n / 2, both = n / 2 < b ? n / 2 : b;                                            \
+        T *second = p + m;                                                                             \
+        for (int64_t j = a; j < both; j++) {                                                           \
+            float zc, zs;                                                                              \
+            gaussian_pair((uint32_t)j, k1, k2, &zc, &zs);                                              \
+            p[j] += (T)zc * alpha;                                                                     \
+            second[j] += (T)zs * alpha;                                                                \
+        }                                                                                              \
+        for (int64_t j = both > a ? both : a; j < b; j++) { /* the last pair of an odd n: cosine only */ \
+            float zc, zs;                                                                              \
+            gaussian_pair((uint32_t)j, k1, k2, &zc, &zs);                                              \
+            p[j] += (T)zc * alpha;                                                                     \
+        }                                                                                              \
+    }                                                                                                  \
+    static void rademacher_##T(T *p, int64_t n, int64_t a, int64_t b, uint32_t k1, uint32_t k2, T alpha) { \
+        for (int64_t r = a; r < b; r++) {                                                              \
+            uint32_t h = hash((uint32_t)r, k1, k2);                                                    \
+            T *row = p + 32 * r;                                                                       \
+            if (n - 32 * r >= 32) { /* a full row: a fixed trip count, vectorised */                   \
+                for (int c = 0; c < 32; c++) row[c] += (T)((int32_t)((h >> c) & 1u) * 2 - 1) * alpha;  \
+            } else {                                                                                   \
+                for (int c = 0; c < n - 32 * r; c++) row[c] += (T)((int32_t)((h >> c) & 1u) * 2 - 1) * alpha; \
+            }                                                                                          \
+        }                                                                                              \
     }
-    for (int64_t j = both > a ? both : a; j < b; j++) { /* the last pair of an odd n: cosine only */
-        float zc, zs;
-        gaussian_pair((uint32_t)j, k1, k2, &zc, &zs);
-        p[j] += alpha * zc;
-    }
-}
 
-static void gaussian_f64(double *p, int64_t n, int64_t a, int64_t b, uint32_t k1, uint32_t k2, double alpha) {
-    int64_t m = n - n / 2, both = n / 2 < b ? n / 2 : b;
-    double *second = p + m;
-    for (int64_t j = a; j < both; j++) {
-        float zc, zs;
-        gaussian_pair((uint32_t)j, k1, k2, &zc, &zs);
-        p[j] += (double)zc * alpha;
-        second[j] += (double)zs * alpha;
-    }
-    for (int64_t j = both > a ? both : a; j < b; j++) {
-        float zc, zs;
-        gaussian_pair((uint32_t)j, k1, k2, &zc, &zs);
-        p[j] += (double)zc * alpha;
-    }
-}
-
-/* rows [a, b) of 32 entries (the last row may be short) */
-static void rademacher_f32(float *p, int64_t n, int64_t a, int64_t b, uint32_t k1, uint32_t k2, float alpha) {
-    for (int64_t r = a; r < b; r++) {
-        uint32_t h = hash((uint32_t)r, k1, k2);
-        float *row = p + 32 * r;
-        int len = n - 32 * r < 32 ? (int)(n - 32 * r) : 32;
-        if (len == 32) {
-            for (int c = 0; c < 32; c++) row[c] += alpha * (float)((int32_t)((h >> c) & 1u) * 2 - 1);
-        } else {
-            for (int c = 0; c < len; c++) row[c] += alpha * (float)((int32_t)((h >> c) & 1u) * 2 - 1);
-        }
-    }
-}
-
-static void rademacher_f64(double *p, int64_t n, int64_t a, int64_t b, uint32_t k1, uint32_t k2, double alpha) {
-    for (int64_t r = a; r < b; r++) {
-        uint32_t h = hash((uint32_t)r, k1, k2);
-        double *row = p + 32 * r;
-        int len = n - 32 * r < 32 ? (int)(n - 32 * r) : 32;
-        for (int c = 0; c < len; c++) row[c] += (double)((int32_t)((h >> c) & 1u) * 2 - 1) * alpha;
-    }
-}
+DEFINE_KERNELS(float)
+DEFINE_KERNELS(double)
 
 /* ---- a list of tensors over threads ----------------------------------------------------- */
 
@@ -160,13 +138,13 @@ static void *run_job(void *arg) {
         if (a < b) {
             int f64 = job->dtypes[t] == F64;
             if (job->kind == GAUSSIAN && !f64)
-                gaussian_f32((float *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], (float)job->alphas[t]);
+                gaussian_float((float *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], (float)job->alphas[t]);
             else if (job->kind == GAUSSIAN)
-                gaussian_f64((double *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], job->alphas[t]);
+                gaussian_double((double *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], job->alphas[t]);
             else if (!f64)
-                rademacher_f32((float *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], (float)job->alphas[t]);
+                rademacher_float((float *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], (float)job->alphas[t]);
             else
-                rademacher_f64((double *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], job->alphas[t]);
+                rademacher_double((double *)job->ptrs[t], n, a, b, job->k1[t], job->k2[t], job->alphas[t]);
         }
         start += u;
     }
