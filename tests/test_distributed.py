@@ -56,7 +56,7 @@ def one_process(args: list[str], out: Path) -> dict:
     return train(cfg)
 
 
-@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "jaguar-sign", "zo-finetuner", "fo-sgd"])
+@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "jaguar-sign", "zo-sgd-cons", "zo-finetuner", "fo-sgd"])
 def test_two_ranks_follow_one_rank(tmp_path, optimizer):
     args = ARGS + ["--optimizer", optimizer] + ([] if optimizer.startswith("fo-") else ["--rng", "torch"])
     if optimizer == "zo-finetuner":  # its networks read the all-reduced losses of the last step
