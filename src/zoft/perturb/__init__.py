@@ -1,4 +1,5 @@
-"""Perturbation samplers: ``draw(shape, key, dtype, device)`` and ``add_(p, key, alpha)``.
+"""Perturbation samplers: ``draw(shape, key, dtype, device)``, ``add_(p, key, alpha)`` and
+``add_many_(params, keys, alphas)`` (``add_`` over many tensors in one call).
 
 Each sampler draws u with E[u u^T] = I, the normalisation every two-point estimator here
 assumes; ``key`` (an integer from :func:`zoft.core.derive_seed`) identifies the draw, so any
