@@ -140,7 +140,7 @@ def test_cell_key_ignores_unset_options():
 
 
 def _fake_cell(out: Path, key: str, optimizer: str, task: str, lr: float, seed: int, test: float, dev: float,
-               losses: list[float]) -> None:
+               losses: list[float], dev_loss: float | None = None) -> None:
     folder = out / "cells" / key
     folder.mkdir(parents=True)
     config = {"model": "m", "task": task, "peft": "lora", "optimizer": optimizer, "lr": lr, "seed": seed}
@@ -150,27 +150,34 @@ def _fake_cell(out: Path, key: str, optimizer: str, task: str, lr: float, seed: 
         "status": "finished", "steps": len(losses), "forward_passes": 2 * len(losses), "wall_time_s": 1.0,
         "peak_memory_bytes": 2**30, "trainable_params": 10, "best_dev_metric": dev, "test_metric": test,
         "metric_name": "accuracy"}))
-    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n"
-                                                  for i, v in enumerate(losses)))
+    rows = [{"step": i + 1, "loss": v} for i, v in enumerate(losses)]
+    if dev_loss is not None:
+        rows.append({"step": len(losses), "dev_accuracy": dev, "dev_loss": dev_loss})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def test_report_final_loss_tie_break_and_head_to_head(tmp_path):
+def test_report_losses_tie_breaks_and_head_to_head(tmp_path):
     from zoft.bench.report import build_report
 
     out = tmp_path / "out"
     ten = lambda last: [1.0] * 9 + [last]  # final loss: the last 10% of 10 steps, i.e. the last step
-    # sst2: zo-sgd's two lrs tie on dev; the lower final loss (lr 0.1) is chosen
+    # sst2: zo-sgd's two lrs tie on dev accuracy; no dev loss: the lower final loss (lr 0.1) is chosen
     _fake_cell(out, "a", "zo-sgd", "sst2", 0.01, 0, test=0.50, dev=0.6, losses=ten(0.9))
     _fake_cell(out, "b", "zo-sgd", "sst2", 0.1, 0, test=0.55, dev=0.6, losses=ten(0.7))
     _fake_cell(out, "c", "zo-finetuner", "sst2", 0.1, 0, test=0.60, dev=0.7, losses=ten(0.8))
-    # copa: the finetuner loses on test, wins on loss
-    _fake_cell(out, "d", "zo-sgd", "copa", 0.1, 0, test=0.70, dev=0.6, losses=ten(0.6))
-    _fake_cell(out, "e", "zo-finetuner", "copa", 0.1, 0, test=0.65, dev=0.6, losses=ten(0.5))
+    # copa: a dev-accuracy tie goes to the lower dev loss (lr 0.01) although its final loss is higher
+    _fake_cell(out, "d", "zo-sgd", "copa", 0.1, 0, test=0.70, dev=0.6, losses=ten(0.6), dev_loss=0.69)
+    _fake_cell(out, "f", "zo-sgd", "copa", 0.01, 0, test=0.72, dev=0.6, losses=ten(0.65), dev_loss=0.68)
+    _fake_cell(out, "e", "zo-finetuner", "copa", 0.1, 0, test=0.65, dev=0.6, losses=ten(0.5), dev_loss=0.66)
     rows = build_report(out)
-    assert {r["key"]: r["final_loss"] for r in rows}["b"] == pytest.approx(0.7)
+    by_key = {r["key"]: r for r in rows}
+    assert by_key["b"]["final_loss"] == pytest.approx(0.7) and by_key["b"]["dev_loss"] is None
+    assert by_key["e"]["dev_loss"] == pytest.approx(0.66)
     tables = (out / "tables.md").read_text()
-    assert "| zo-sgd | 0.700 +- 0.000 (n=1) | 0.550 +- 0.000 (n=1) |" in tables  # copa, sst2 columns
+    assert "| zo-sgd | 0.720 +- 0.000 (n=1) | 0.550 +- 0.000 (n=1) |" in tables  # copa, sst2 columns
+    assert "## Dev loss at the last evaluation" in tables and "## Final training loss" in tables
     h2h = tables[tables.index("## Against zo-sgd"):].splitlines()
     row = next(line for line in h2h if line.startswith("| zo-finetuner"))
-    # test: sst2 +0.05 (win), copa -0.05 (loss); loss: sst2 +0.1 (loss), copa -0.1 (win)
-    assert row == "| zo-finetuner | 2 | 1 / 0 / 1 | +0.0000 | 1 / 0 / 1 | +0.0000 |"
+    # test: sst2 +0.05 (win), copa -0.07 (loss); dev loss: copa only, -0.02 (win);
+    # final loss: sst2 +0.1 (loss), copa 0.5 - 0.65 = -0.15 (win)
+    assert row == ("| zo-finetuner | 2 | 1 / 0 / 1 | -0.0100 | 1 / 0 / 0 | -0.0200 | 1 / 0 / 1 | -0.0250 |")

@@ -38,7 +38,8 @@ def test_task_runs_through_the_model(tiny, name):
         metrics = task.score([ex], preds)
     else:
         assert batch.sizes.tolist() == [len(ex.candidates)] * 2
-        preds = objective.predict(batch)
+        preds, loss_sum = objective.predict(batch)
         assert preds[0] == preds[1] and 0 <= preds[0] < len(ex.candidates)
+        assert loss_sum == pytest.approx(2 * loss, rel=1e-5)  # the same loss, from the same forward
         metrics = task.score([ex, ex], preds)
     assert next(iter(metrics)) == task.metric_name and 0.0 <= metrics[task.metric_name] <= 1.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def test_train_writes_config_metrics_and_summary(tmp_path):
     assert {"step", "loss", "lr", "forward_passes", "wall_time_s", "peak_memory_bytes"} <= set(train_rows[0])
     assert train_rows[-1]["forward_passes"] == 8  # central q=1: 2 forward passes per step
     assert any("dev_accuracy" in r for r in rows)
+    dev = [r for r in rows if "dev_accuracy" in r]
+    assert all(math.isfinite(r["dev_loss"]) and r["dev_loss"] > 0 for r in dev)  # the loss on dev, same forwards
+    assert list(dev[0])[:3] == ["step", "dev_accuracy", "dev_loss"]  # the metric first: dev selection reads it
     for key in ["model", "task", "peft", "optimizer", "steps", "forward_passes", "wall_time_s",
                 "peak_memory_bytes", "trainable_params", "best_dev_metric", "test_metric", "metric_name"]:
         assert key in summary

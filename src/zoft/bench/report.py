@@ -58,22 +58,28 @@ def _mean_std(values: list[float]) -> str:
 
 
 FINAL_WINDOW = 0.1  # final training loss: mean over the last 10% of a run's logged steps
+LOSS_TABLES = (("dev_loss", "Dev loss at the last evaluation"),
+               ("final_loss", f"Final training loss (mean over the last {FINAL_WINDOW:.0%} of the steps)"))
 BASELINE = "zo-sgd"  # the head-to-head table compares every other trained optimizer with it
 
 
-def final_loss(out: Path, key: str) -> float | None:
-    """Mean training loss over the last FINAL_WINDOW of the run's logged steps (None: none)."""
+def losses(out: Path, key: str) -> dict[str, float | None]:
+    """final_loss: the mean training loss over the last FINAL_WINDOW of the run's logged steps
+    (runs of different lengths end on different mini-batches, so this compares loosely);
+    dev_loss: the loss on the dev examples at the last evaluation (the same examples for every
+    run: the comparable one; absent from runs made before zoft logged it). None: not logged."""
     path = out / "cells" / key / "metrics.jsonl"
-    if not path.exists():
-        return None
-    losses = [row["loss"] for row in map(json.loads, path.read_text().splitlines()) if "loss" in row]
-    tail = losses[-max(1, int(FINAL_WINDOW * len(losses))):] if losses else []
-    return statistics.mean(tail) if tail else None
+    rows = list(map(json.loads, path.read_text().splitlines())) if path.exists() else []
+    train = [row["loss"] for row in rows if "loss" in row]
+    tail = train[-max(1, int(FINAL_WINDOW * len(train))):] if train else []
+    dev = [row["dev_loss"] for row in rows if "dev_loss" in row]
+    return {"final_loss": statistics.mean(tail) if tail else None, "dev_loss": dev[-1] if dev else None}
 
 
 def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Per GROUP: the seeds of the hyperparameter setting with the best mean dev metric (ties,
-    common when short runs leave the dev accuracy where it was, go to the lower final loss)."""
+    common when short runs leave the dev accuracy where it was, go to the lower dev loss, or
+    the lower final training loss where no dev loss was logged)."""
     settings: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["status"] != "finished":
@@ -81,11 +87,12 @@ def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
         setting = json.dumps({k: v for k, v in json.loads(r["config"]).items() if k != "seed"}, sort_keys=True)
         settings[tuple(r[k] for k in GROUP)][setting].append(r)
 
-    def score(runs: list[dict]) -> tuple[float, float]:
+    def score(runs: list[dict]) -> tuple[float, float, float]:
         devs = [r["best_dev_metric"] for r in runs if r["best_dev_metric"] is not None]
-        losses = [r["final_loss"] for r in runs if r.get("final_loss") is not None]
+        dev_loss, final = _mean_of(runs, "dev_loss"), _mean_of(runs, "final_loss")
         return (statistics.mean(devs) if devs else float("-inf"),
-                -statistics.mean(losses) if losses else float("-inf"))
+                -dev_loss if dev_loss is not None else float("-inf"),
+                -final if final is not None else float("-inf"))
 
     return {g: max(by_setting.values(), key=score) for g, by_setting in settings.items()}
 
@@ -101,14 +108,14 @@ def tables(rows: list[dict]) -> str:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])
                  for c in columns]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Final training loss (chosen setting; mean over the last {FINAL_WINDOW:.0%} of the steps, "
-              "mean +- std over seeds)", "", head, "|---|" + "---|" * len(columns)]
-    for opt in optimizers:
-        if opt == "zero-shot":
+    for key, title in LOSS_TABLES:
+        if not any(r.get(key) is not None for runs in chosen.values() for r in runs):
             continue
-        cells = [_mean_std([r["final_loss"] for r in chosen.get((*c, opt), []) if r.get("final_loss") is not None])
-                 for c in columns]
-        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+        lines += ["", f"## {title} (chosen setting; mean +- std over seeds)", "", head, "|---|" + "---|" * len(columns)]
+        for opt in optimizers:
+            cells = [_mean_std([r[key] for r in chosen.get((*c, opt), []) if r.get(key) is not None])
+                     for c in columns]
+            lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     lines += head_to_head(chosen, columns, optimizers)
     lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "",
               "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |",
@@ -140,21 +147,22 @@ def _mean_of(runs: list[dict], key: str) -> float | None:
 
 def head_to_head(chosen: dict[tuple, list[dict]], columns: list[tuple], optimizers: list[str]) -> list[str]:
     """Every other trained optimizer against BASELINE over the (model, task, peft) columns both
-    ran: wins / ties / losses and the mean difference, on test metric (higher wins) and on
-    final training loss (lower wins). Empty when the baseline is absent."""
+    ran: wins / ties / losses and the mean difference, on test metric (higher wins), dev loss
+    and final training loss (lower wins). Empty when the baseline is absent."""
     if BASELINE not in optimizers:
         return []
-    lines = ["", f"## Against {BASELINE} (chosen settings; a win is a higher mean test metric, or a lower "
-             "mean final loss, over the columns both ran)", "",
+    lines = ["", f"## Against {BASELINE} (chosen settings; a win is a higher mean test metric or a lower "
+             "mean loss, over the columns both ran)", "",
              "| optimizer | columns | test: wins / ties / losses | mean test difference | "
-             "loss: wins / ties / losses | mean loss difference |", "|---|---|---|---|---|---|"]
+             "dev loss: w / t / l | mean dev-loss difference | final loss: w / t / l | mean final-loss difference |",
+             "|---|---|---|---|---|---|---|---|"]
     for opt in optimizers:
         if opt in (BASELINE, "zero-shot"):
             continue
         pairs = [(chosen[(*c, opt)], chosen[(*c, BASELINE)]) for c in columns
                  if (*c, opt) in chosen and (*c, BASELINE) in chosen]
         cells = []
-        for key, sign in (("test_metric", 1.0), ("final_loss", -1.0)):
+        for key, sign in (("test_metric", 1.0), ("dev_loss", -1.0), ("final_loss", -1.0)):
             diffs = [a - b for a, b in ((_mean_of(x, key), _mean_of(y, key)) for x, y in pairs)
                      if a is not None and b is not None]
             wins = sum(sign * d > 0 for d in diffs)
@@ -167,7 +175,7 @@ def head_to_head(chosen: dict[tuple, list[dict]], columns: list[tuple], optimize
 
 def build_report(out: Path) -> list[dict]:
     """Write results.csv, tables.md and the plots for the grid in ``out``; returns the rows."""
-    rows = [{**_row(r), "final_loss": final_loss(out, r["key"])} for r in load_records(out)]
+    rows = [{**_row(r), **losses(out, r["key"])} for r in load_records(out)]
     if not rows:
         raise FileNotFoundError(f"{out} holds no benchmark cells (no cells/*/cell.json)")
     write_csv(rows, out / "results.csv")

@@ -139,18 +139,25 @@ class Objective:
         whole batch."""
         if self.generation:
             return -self.token_logprobs(batch).sum()
-        scores = self.sequence_scores(batch)
-        losses = [torch.nn.functional.cross_entropy(scores[f: f + n][None], y[None])
-                  for f, n, y in zip(batch.first.tolist(), batch.sizes.tolist(), batch.labels)]
-        return torch.stack(losses).sum()
+        return _candidate_loss_sum(self.sequence_scores(batch), batch)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.loss_sum(batch) / self.count(batch)
 
     @torch.no_grad()
-    def predict(self, batch: Batch) -> list[int]:
+    def predict(self, batch: Batch) -> tuple[list[int], float]:
+        """The highest-scoring candidate of each example, and the loss sum of the batch (the
+        training loss on these examples, from the same forward pass)."""
         scores = self.sequence_scores(batch, self.model)
-        return [int(scores[f: f + n].argmax()) for f, n in zip(batch.first.tolist(), batch.sizes.tolist())]
+        preds = [int(scores[f: f + n].argmax()) for f, n in zip(batch.first.tolist(), batch.sizes.tolist())]
+        return preds, float(_candidate_loss_sum(scores, batch))
+
+
+def _candidate_loss_sum(scores: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Sum over examples of the cross-entropy of the gold candidate among its candidates' scores."""
+    losses = [torch.nn.functional.cross_entropy(scores[f: f + n][None], y[None])
+              for f, n, y in zip(batch.first.tolist(), batch.sizes.tolist(), batch.labels)]
+    return torch.stack(losses).sum()
 
 
 @torch.no_grad()

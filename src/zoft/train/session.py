@@ -107,9 +107,11 @@ class Session:
         if self.task.kind == "generation":
             preds = greedy_answers(self.model, self.tokenizer, [e.prompt for e in examples],
                                    self.cfg.max_new_tokens, self.cfg.max_length)
-        else:
-            preds = []
-            step = self.cfg.batch_size
-            for i in tqdm(range(0, len(examples), step), desc="evaluate", unit="batch", leave=False):
-                preds += self.objective.predict(self.batch(examples[i: i + step]))
-        return self.task.score(examples, preds)
+            return self.task.score(examples, preds)
+        preds, loss_sum, step = [], 0.0, self.cfg.batch_size
+        for i in tqdm(range(0, len(examples), step), desc="evaluate", unit="batch", leave=False):
+            batch_preds, batch_loss = self.objective.predict(self.batch(examples[i: i + step]))
+            preds += batch_preds
+            loss_sum += batch_loss
+        # the metric first (the key dev selection reads), then the loss on the same examples
+        return {**self.task.score(examples, preds), "loss": loss_sum / len(examples)}
