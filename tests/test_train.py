@@ -49,13 +49,50 @@ def test_scored_logits_equal_the_full_forward(arch):
 
 def test_collate_scores_exactly_the_candidate_tokens():
     _, tok = load_model("tiny-llama")
-    batch = collate(tok, EXAMPLES[:1], max_length=64)
-    for s, cand in enumerate(EXAMPLES[0].candidates):
+    prompt = tok(EXAMPLES[2].prompt)["input_ids"]
+    batch = collate(tok, EXAMPLES[2:], max_length=64)
+    for c, cand in enumerate(EXAMPLES[2].candidates):
         ids = tok(cand, add_special_tokens=False)["input_ids"]
-        assert batch.targets[batch.rows == s].tolist() == ids
-        cols = batch.cols[batch.rows == s]
-        assert batch.input_ids[s, cols + 1].tolist() == ids  # position t predicts token t + 1
-    assert batch.sizes.tolist() == [2] and batch.labels.tolist() == [1]
+        at = batch.cands == c
+        assert batch.targets[at].tolist() == ids
+        row, cols = int(batch.rows[at][0]), batch.cols[at]
+        assert (batch.rows[at] == row).all()
+        # the row's inputs up to the last scored position, then the last target: prompt + candidate
+        assert batch.input_ids[row, : int(cols[-1]) + 1].tolist() + ids[-1:] == prompt + ids
+        assert cols.tolist() == list(range(len(prompt) - 1, len(prompt) + len(ids) - 1))
+    assert batch.sizes.tolist() == [3] and batch.labels.tolist() == [2]
+
+
+def test_single_token_candidates_share_one_row_and_score_as_separate_sequences():
+    model, tok = load_model("tiny-llama")
+    ex = Example("Pick one: ", ("a", "b", "c"), 1)
+    assert all(len(tok(c, add_special_tokens=False)["input_ids"]) == 1 for c in ex.candidates)
+    assert batch_rows(tok, ex) == 1  # one row for the example, not one per candidate
+    # " terrible" / " great" (byte tokens) share only their first token: two rows
+    batch = collate(tok, [ex, EXAMPLES[0]], max_length=64)
+    assert batch.input_ids.shape[0] == 3
+    obj = Objective(model)
+    with torch.no_grad():
+        shared = obj.sequence_scores(batch)
+        alone = torch.cat([obj.sequence_scores(collate(tok, [Example(e.prompt, (c,), 0)], max_length=64))
+                           for e in (ex, EXAMPLES[0]) for c in e.candidates])
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_candidates_that_are_not_prefixes_get_their_own_rows():
+    _, tok = load_model("tiny-llama")
+    ex = Example("Pick one:", (" apple pie", " banana split"), 0)
+    assert batch_rows(tok, ex) == 2
+
+
+def batch_rows(tok, ex) -> int:
+    return collate(tok, [ex], max_length=64).input_ids.shape[0]
+
+
+def test_an_empty_prompt_is_an_error_naming_it():
+    _, tok = load_model("tiny-gpt2")  # adds no BOS token, so an empty prompt has no tokens
+    with pytest.raises(ValueError, match="prompt is empty"):
+        collate(tok, [Example("", (" a", " b"), 0)], max_length=64)
 
 
 def test_classification_loss_is_cross_entropy_over_candidate_scores():

@@ -2,6 +2,9 @@
 
 Every example becomes one sequence per candidate: prompt tokens + candidate tokens. A
 candidate's score is its length-normalised log-likelihood (mean log-prob of its tokens);
+candidates whose inputs are a prefix of another candidate's share that row (a causal model's
+logits at a position depend only on the tokens up to it), so single-token verbalizers such as
+SST-2's " great"/" terrible" or CB's Yes/No/Maybe cost one row per example, not one per candidate.
 the training loss is the cross-entropy over the candidates' scores (classification), or the
 mean token NLL of the gold answer (generation). Logits are computed only at the scored
 positions: a pre-hook on the output embedding gathers those hidden states before the LM head,
@@ -23,11 +26,11 @@ from zoft.tasks import Example
 class Batch:
     """Padded candidate sequences and where they are scored.
 
-    input_ids, attention_mask: (S, T) for S candidate sequences.
-    rows, cols, targets: (N,) scored positions: logits at (rows, cols) predict targets
-    (rows is also the sequence each scored position belongs to).
-    owners: (S,) the example each sequence belongs to; labels: (E,) gold index per example
-    (-1 if none); first: (E,) index of each example's first sequence; sizes: candidates each.
+    input_ids, attention_mask: (R, T) for R input rows (one row may serve several candidates).
+    rows, cols, targets: (N,) scored positions: logits at (rows, cols) predict targets.
+    cands: (N,) the candidate each scored position belongs to.
+    owners: (C,) the example each candidate belongs to; labels: (E,) gold index per example
+    (-1 if none); first: (E,) index of each example's first candidate; sizes: candidates each.
     """
 
     input_ids: torch.Tensor
@@ -35,6 +38,7 @@ class Batch:
     rows: torch.Tensor
     cols: torch.Tensor
     targets: torch.Tensor
+    cands: torch.Tensor
     owners: torch.Tensor
     labels: torch.Tensor
     first: torch.Tensor
@@ -57,34 +61,55 @@ def _sequences(tokenizer, example: Example, max_length: int, generation: bool) -
             tail = tail + [tokenizer.eos_token_id]
         tail = tail[: max_length - 1]
         head = prompt[-(max_length - len(tail)):]  # truncate the prompt from the left
+        if not head:
+            raise ValueError(f"the prompt is empty after tokenization, nothing to condition on: {example.prompt!r}")
         out.append((head + tail, len(tail)))
     return out
 
 
 def collate(tokenizer, examples: Sequence[Example], max_length: int = 256,
             generation: bool = False) -> Batch:
-    seqs, owners, first, sizes = [], [], [], []
+    rows_ids: list[list[int]] = []  # the input tokens of each row
+    rows, cols, targets, cands, owners, first, sizes = [], [], [], [], [], [], []
     for e, ex in enumerate(examples):
-        cands = _sequences(tokenizer, ex, max_length, generation)
-        first.append(len(seqs))
-        sizes.append(len(cands))
-        seqs += cands
-        owners += [e] * len(cands)
-    width = max(len(ids) for ids, _ in seqs)
+        seqs = _sequences(tokenizer, ex, max_length, generation)
+        first.append(len(owners))
+        sizes.append(len(seqs))
+        mine: list[int] = []  # this example's rows
+        for ids, n_tail in seqs:
+            row = _row_for(rows_ids, mine, ids[:-1])  # the last token is a target, never an input
+            start = len(ids) - n_tail
+            rows += [row] * n_tail
+            cols += range(start - 1, len(ids) - 1)
+            targets += ids[start:]
+            cands += [len(owners)] * n_tail
+            owners.append(e)
+    width = max(len(ids) for ids in rows_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    rows, cols, targets = [], [], []
-    for s, (ids, n_tail) in enumerate(seqs):
-        input_ids[s, : len(ids)] = torch.tensor(ids)
-        mask[s, : len(ids)] = 1
-        start = len(ids) - n_tail
-        rows += [s] * n_tail
-        cols += range(start - 1, len(ids) - 1)
-        targets += ids[start:]
+    input_ids = torch.full((len(rows_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows_ids), width), dtype=torch.long)
+    for r, ids in enumerate(rows_ids):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        mask[r, : len(ids)] = 1
     labels = [ex.label if ex.label is not None else -1 for ex in examples]
     t = lambda xs: torch.tensor(xs, dtype=torch.long)
-    return Batch(input_ids, mask, t(rows), t(cols), t(targets), t(owners), t(labels), t(first), t(sizes))
+    return Batch(input_ids, mask, t(rows), t(cols), t(targets), t(cands), t(owners), t(labels),
+                 t(first), t(sizes))
+
+
+def _row_for(rows_ids: list[list[int]], mine: list[int], context: list[int]) -> int:
+    """A row whose first ``len(context)`` tokens are ``context``: one of ``mine`` that starts
+    with it, or one that ``context`` extends (the row grows), or a new row."""
+    for r in mine:
+        have = rows_ids[r]
+        n = min(len(have), len(context))
+        if have[:n] == context[:n]:
+            if len(context) > len(have):
+                rows_ids[r] = list(context)
+            return r
+    mine.append(len(rows_ids))
+    rows_ids.append(list(context))
+    return mine[-1]
 
 
 @contextmanager
@@ -123,11 +148,11 @@ class Objective:
         return logp.gather(1, batch.targets[:, None])[:, 0]
 
     def sequence_scores(self, batch: Batch, module: torch.nn.Module | None = None) -> torch.Tensor:
-        """(S,) mean log-prob of each candidate's tokens (length-normalised)."""
+        """(C,) mean log-prob of each candidate's tokens (length-normalised)."""
         lp = self.token_logprobs(batch, module)
-        n_seq = batch.input_ids.shape[0]
-        total = torch.zeros(n_seq, dtype=lp.dtype, device=lp.device).index_add_(0, batch.rows, lp)
-        return total / torch.bincount(batch.rows, minlength=n_seq).to(lp.dtype)
+        n_cand = batch.owners.shape[0]
+        total = torch.zeros(n_cand, dtype=lp.dtype, device=lp.device).index_add_(0, batch.cands, lp)
+        return total / torch.bincount(batch.cands, minlength=n_cand).to(lp.dtype)
 
     def count(self, batch: Batch) -> int:
         """What the loss averages over: examples (classification) or answer tokens (generation)."""
