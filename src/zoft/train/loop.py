@@ -49,8 +49,11 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
         "data_order": "zoft.train.data.micro_batch(seed, step * grad_accum + k)",
         "best_dev": state["best_dev"]}, state=s.trainable_state())
     spent = lambda: cfg.forward_budget > 0 and meter.forward_passes >= cfg.forward_budget
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"{cfg.optimizer} {cfg.task}", unit="step",
-               disable=not comm.main)
+    # a forward budget usually ends the run long before cfg.steps: show progress against it
+    by_budget = cfg.forward_budget > 0
+    bar = tqdm(total=cfg.forward_budget if by_budget else cfg.steps,
+               initial=meter.forward_passes if by_budget else state["step"],
+               desc=f"{cfg.optimizer} {cfg.task}", unit="fwd" if by_budget else "step", disable=not comm.main)
     stop = False
     with deferred_interrupt() as interrupted:
         while state["step"] < cfg.steps and not spent() and not (stop := comm.any(interrupted())):
@@ -70,8 +73,8 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
                 if s.masters:
                     s.masters.sync()  # evaluation and checkpoints see the updated weights
             state["step"] = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
+            bar.update(meter.forward_passes - bar.n if by_budget else 1)
+            bar.set_postfix(step=state["step"], loss=f"{loss:.4f}")
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 comm_bytes = {"comm_bytes": comm.bytes} if comm.world > 1 else {}
                 files.metric(step=state["step"], loss=loss, lr=s.optimizer.param_groups[0]["lr"],
