@@ -1,7 +1,9 @@
 """Step time against forward time: how close each optimizer's step is to its forward passes.
 
 For every optimizer x PEFT scheme on one fixed batch (SmolLM2-135M, fp32, the built-in
-sentiment-demo task: 16 examples, 2 candidate sequences each, <= 32 tokens) this measures,
+sentiment-demo task: 32 sequences of <= 32 tokens, the workload of the figures in docs/RESULTS.md
+section 5; since candidate sequences that share their inputs share one row, that is 32
+examples with their two single-token candidates, formerly 16 examples x 2 rows) this measures,
 in one process and side by side:
 
   forward   the median time of one loss evaluation without gradients (what a ZO query costs)
@@ -183,7 +185,7 @@ def main() -> None:
                          "native CPU kernel (the torch.compile path, one launch per tensor)")
     ap.add_argument("--perturbation", default="gaussian", help="perturbation of the ZO optimizers")
     ap.add_argument("--name", default="step_overhead", help="stem of the output files")
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32, help="examples (one row each)")
     ap.add_argument("--max-length", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
