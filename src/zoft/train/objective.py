@@ -1,11 +1,11 @@
 """Model + examples -> loss closures and predictions (MeZO's classification mode).
 
-Every example becomes one sequence per candidate: prompt tokens + candidate tokens. A
-candidate's score is its length-normalised log-likelihood (mean log-prob of its tokens);
-candidates whose inputs are a prefix of another candidate's share that row (a causal model's
-logits at a position depend only on the tokens up to it), so single-token verbalizers such as
-SST-2's " great"/" terrible" or CB's Yes/No/Maybe cost one row per example, not one per candidate.
-the training loss is the cross-entropy over the candidates' scores (classification), or the
+Every candidate of an example is scored as the sequence prompt tokens + candidate tokens.
+Candidates whose inputs are a prefix of another candidate's share that input row (a causal
+model's logits at a position depend only on the tokens up to it), so single-token verbalizers
+such as SST-2's " great"/" terrible" or CB's Yes/No/Maybe cost one row per example, not one per
+candidate. A candidate's score is its length-normalised log-likelihood (mean log-prob of its
+tokens); the training loss is the cross-entropy over the candidates' scores (classification), or the
 mean token NLL of the gold answer (generation). Logits are computed only at the scored
 positions: a pre-hook on the output embedding gathers those hidden states before the LM head,
 so a 49k-word vocabulary is projected for a few tokens per sequence, not for all of them.
@@ -24,7 +24,7 @@ from zoft.tasks import Example
 
 @dataclass
 class Batch:
-    """Padded candidate sequences and where they are scored.
+    """Padded input rows and where each candidate is scored in them.
 
     input_ids, attention_mask: (R, T) for R input rows (one row may serve several candidates).
     rows, cols, targets: (N,) scored positions: logits at (rows, cols) predict targets.
