@@ -63,6 +63,10 @@ def test_collate_scores_exactly_the_candidate_tokens():
     assert batch.sizes.tolist() == [3] and batch.labels.tolist() == [2]
 
 
+def batch_rows(tok, ex) -> int:
+    return collate(tok, [ex], max_length=64).input_ids.shape[0]
+
+
 def test_single_token_candidates_share_one_row_and_score_as_separate_sequences():
     model, tok = load_model("tiny-llama")
     ex = Example("Pick one: ", ("a", "b", "c"), 1)
@@ -79,14 +83,23 @@ def test_single_token_candidates_share_one_row_and_score_as_separate_sequences()
     torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)
 
 
+def test_a_row_grows_to_the_longer_candidate_whose_inputs_extend_it():
+    model, tok = load_model("tiny-llama")
+    ex = Example("Pick one:", (" a", " ab"), 1)  # " a"'s inputs are a prefix of " ab"'s
+    batch = collate(tok, [ex], max_length=64)
+    assert batch.input_ids.shape[0] == 1
+    assert batch.input_ids[0].tolist() == tok(ex.prompt + " ab")["input_ids"][:-1]
+    with torch.no_grad():
+        shared = Objective(model).sequence_scores(batch)
+        alone = torch.cat([Objective(model).sequence_scores(collate(tok, [Example(ex.prompt, (c,), 0)], max_length=64))
+                           for c in ex.candidates])
+    torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_candidates_that_are_not_prefixes_get_their_own_rows():
     _, tok = load_model("tiny-llama")
     ex = Example("Pick one:", (" apple pie", " banana split"), 0)
     assert batch_rows(tok, ex) == 2
-
-
-def batch_rows(tok, ex) -> int:
-    return collate(tok, [ex], max_length=64).input_ids.shape[0]
 
 
 def test_an_empty_prompt_is_an_error_naming_it():
