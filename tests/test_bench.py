@@ -181,3 +181,26 @@ def test_report_losses_tie_breaks_and_head_to_head(tmp_path):
     # test: sst2 +0.05 (win), copa -0.07 (loss); dev loss: copa only, -0.02 (win);
     # final loss: sst2 +0.1 (loss), copa 0.5 - 0.65 = -0.15 (win)
     assert row == ("| zo-finetuner | 2 | 1 / 0 / 1 | -0.0100 | 1 / 0 / 0 | -0.0200 | 1 / 0 / 1 | -0.0250 |")
+
+
+def test_drop_weights_keeps_results_and_deletes_weight_files(tmp_path):
+    """--drop-weights deletes finished cells' weights and optimizer state (a cell finished earlier and
+    one run now), keeps what the report reads, and a rerun still skips the cells."""
+    spec, out = tmp_path / "spec.yaml", tmp_path / "out"
+    spec.write_text(SPEC)
+    zo = ["--only", "optimizer=zo-sgd", "lr=0.001"]
+    assert main(["bench", str(spec), "--out", str(out), "--quick", *zo, "seed=0"]) == 0
+    (first,) = out.glob("cells/*/")
+    weights = ["checkpoint.json", "best.safetensors", "weights-*.safetensors", "optimizer-*.pt"]
+    assert all(list(first.glob(p)) for p in weights)  # kept by default
+    assert main(["bench", str(spec), "--out", str(out), "--quick", *zo, "--drop-weights"]) == 0
+    cells = list(out.glob("cells/*/"))
+    assert len(cells) == 2
+    for cell in cells:
+        assert not any(list(cell.glob(p)) for p in weights), cell
+        for kept in ["summary.json", "metrics.jsonl", "cell.json", "train_config.json"]:
+            assert (cell / kept).exists(), kept
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/summary.json")}
+    assert main(["bench", str(spec), "--out", str(out), "--quick", *zo, "--drop-weights"]) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("cells/*/summary.json")}  # not rerun
+    assert len(list(csv.DictReader(open(out / "results.csv")))) == 2

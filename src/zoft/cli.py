@@ -117,7 +117,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not cells:
             raise ValueError(f"--only {' '.join(args.only)} matches no cell of {args.spec}")
     out = Path(args.out)
-    records = run_grid(cells, out)
+    records = run_grid(cells, out, drop_weights=args.drop_weights)
     build_report(out)
     failed = [r for r in records if r["summary"].get("status") != "finished"]
     print(f"{len(records) - len(failed)} of {len(records)} cells finished; tables in {out / 'tables.md'}")
@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="apply the spec's quick overrides (minutes)")
     bench.add_argument("--only", nargs="+", metavar="KEY=VALUE", default=[],
                        help="run only the cells matching every KEY=VALUE (e.g. seed=0 peft=lora): a piece of the grid")
+    bench.add_argument("--drop-weights", action="store_true",
+                       help="delete each finished cell's weights, best weights and optimizer state "
+                            "(keeps config, metrics, summary; a full fine-tuning cell is a model copy)")
     bench.set_defaults(func=_cmd_bench)
     learn = sub.add_parser("learn-finetuner", help="meta-train a ZO Fine-tuner (learned per-block "
                            "perturbation scales) for a base model: --model M --task T --peft P --steps N")

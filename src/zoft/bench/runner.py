@@ -1,7 +1,10 @@
 """Run every cell of a grid as its own ``zoft train`` process (clean peak-memory figures).
 
 Resumable: a cell whose summary.json says finished is skipped; one with a checkpoint is
-resumed; a failed one (non-finite loss, crash) is recorded and the grid goes on.
+resumed; a failed one (non-finite loss, crash) is recorded and the grid goes on. With
+``drop_weights`` a finished cell's weight files (checkpoint, best weights, optimizer state) are
+deleted, keeping its config, metrics and summary: a full fine-tuning grid otherwise keeps a copy
+of the model per cell.
 """
 
 from __future__ import annotations
@@ -15,19 +18,38 @@ from typing import Callable
 from tqdm import tqdm
 
 from zoft.bench.grid import Cell
-from zoft.train.checkpoint import MANIFEST, write_json
+from zoft.train.checkpoint import BEST, MANIFEST, write_json
+
+WEIGHT_FILES = (MANIFEST, BEST, "weights-*.safetensors", "optimizer-*.pt")
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "cells" / cell.key
 
 
-def run_cell(out: Path, cell: Cell, log: Callable[[str], None]) -> dict:
+def _finished(summary_path: Path) -> dict | None:
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("status") == "finished":
+            return summary
+    return None
+
+
+def drop_weight_files(folder: Path) -> None:
+    """Delete a finished cell's checkpoint, best weights and optimizer state."""
+    for pattern in WEIGHT_FILES:
+        for path in folder.glob(pattern):
+            path.unlink()
+
+
+def run_cell(out: Path, cell: Cell, log: Callable[[str], None], drop_weights: bool = False) -> dict:
     """The cell's summary, running or resuming ``zoft train`` when it is not finished."""
     folder = cell_dir(out, cell)
     summary_path = folder / "summary.json"
-    if summary_path.exists() and json.loads(summary_path.read_text()).get("status") == "finished":
-        return json.loads(summary_path.read_text())
+    if (summary := _finished(summary_path)) is not None:
+        if drop_weights:
+            drop_weight_files(folder)
+        return summary
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "cell.json", {"varied": cell.varied, "config": cell.config})
     if (folder / MANIFEST).exists():
@@ -38,16 +60,20 @@ def run_cell(out: Path, cell: Cell, log: Callable[[str], None]) -> dict:
     with open(folder / "stderr.log", "a") as err:
         proc = subprocess.run([sys.executable, "-m", "zoft", *argv], stdout=subprocess.DEVNULL, stderr=err)
     if summary_path.exists():
-        return json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        if drop_weights and summary.get("status") == "finished":
+            drop_weight_files(folder)
+        return summary
     log(f"cell {cell.key} {cell.varied} exited {proc.returncode}; see {folder / 'stderr.log'}")
     return {"status": "crashed", "returncode": proc.returncode}
 
 
-def run_grid(cells: list[Cell], out: Path, log: Callable[[str], None] = tqdm.write) -> list[dict]:
+def run_grid(cells: list[Cell], out: Path, log: Callable[[str], None] = tqdm.write,
+             drop_weights: bool = False) -> list[dict]:
     """Run (or skip) every cell; returns one record per cell: its config, varied keys and summary."""
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for cell in tqdm(cells, desc=f"grid {out.name}", unit="cell"):
-        summary = run_cell(out, cell, log)
+        summary = run_cell(out, cell, log, drop_weights)
         records.append({"key": cell.key, "varied": cell.varied, "config": cell.config, "summary": summary})
     return records
