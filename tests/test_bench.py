@@ -86,15 +86,17 @@ quick: {task: [sst2], seed: [0], steps: 1}
 """)
     cells = expand_spec(load_spec(path))
     zero = [c for c in cells if c.varied["optimizer"] == "zero-shot"]
-    assert [c.varied["task"] for c in zero] == ["sst2", "copa"] and all(c.config["steps"] == 0 for c in zero)
-    assert len(cells) == 2 + 2 * 2 + 1 * 2  # zero-shot per task; fo-adam x copa excluded
+    # one untrained cell per task and seed (a seed samples its own dev and test examples)
+    assert [(c.varied["task"], c.config["seed"]) for c in zero] == [("sst2", 0), ("sst2", 1), ("copa", 0), ("copa", 1)]
+    assert all(c.config["steps"] == 0 for c in zero)
+    assert len(cells) == 4 + 2 * 2 + 1 * 2  # fo-adam x copa excluded
     assert not any(c.varied["optimizer"] == "fo-adam" and c.varied["task"] == "copa" for c in cells)
     quick = expand_spec(load_spec(path), quick=True)
     assert {(c.varied["optimizer"], c.varied["task"]) for c in quick} == {
         ("zero-shot", "sst2"), ("zo-sgd", "sst2"), ("fo-adam", "sst2")}
     assert all(c.config["steps"] == 1 for c in quick if c.varied["optimizer"] != "zero-shot")
     piece = select(cells, ["task=sst2", "seed=1"])
-    assert {c.varied["optimizer"] for c in piece} == {"zo-sgd", "fo-adam"} and len(piece) == 2
+    assert {c.varied["optimizer"] for c in piece} == {"zero-shot", "zo-sgd", "fo-adam"} and len(piece) == 3
     assert [c.key for c in select(cells, ["optimizer=zero-shot"])] == [c.key for c in zero]
     # a zero-shot cell's config names the base optimizer, but it is not that optimizer's cell
     assert all(c.varied["optimizer"] == "zo-sgd" for c in select(cells, ["optimizer=zo-sgd"]))

@@ -9,7 +9,7 @@
     per_optimizer:             # optional: replace grid values for one optimizer
       fo-adam: {lr: [1.0e-4]}
     quick: {steps: 2, train_size: 16, seed: [0]}   # --quick overrides (a grid key: replaces its axis)
-    zero_shot: true            # plus one untrained cell per (model, task, peft): optimizer "zero-shot"
+    zero_shot: true            # plus one untrained cell per (model, task, peft, seed): optimizer "zero-shot"
     exclude:                   # cells matching every key of an entry are not run
       - {optimizer: fo-adam, seed: 2}
 
@@ -30,7 +30,9 @@ from zoft.train.config import TrainConfig, read_config_file
 
 SPEC_KEYS = {"name", "base", "grid", "per_optimizer", "quick", "zero_shot", "exclude"}
 ZERO_SHOT = "zero-shot"
-CELL_KEYS = ("model", "task", "peft")  # what a zero-shot cell varies over
+# What a zero-shot cell varies over. The seed samples the train/dev/test examples, so each seed's
+# trained cells are compared with the untrained model on their own dev and test examples.
+CELL_KEYS = ("model", "task", "peft", "seed")
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ def expand_spec(spec: dict[str, Any], quick: bool = False) -> list[Cell]:
         fixed = {k: grid[k] for k in CELL_KEYS if k in grid}
         for values in itertools.product(*fixed.values()):
             point = dict(zip(fixed, values))
-            cells.append(_cell({**base, **point, "steps": 0, "seed": 0, "eval_every": 1},
+            cells.append(_cell({**base, **point, "steps": 0, "eval_every": 1},
                                {"optimizer": ZERO_SHOT, **point}))
             seen.add(cells[-1].key)
     for opt in optimizers:
