@@ -62,6 +62,10 @@ def test_tiny_grid_end_to_end_then_skip_and_report(tmp_path):
     tables = (out / "tables.md").read_text()
     assert "zo-sgd" in tables and "fo-sgd" in tables and "(n=2)" in tables
     assert "## Peak memory in GiB" in tables
+    chosen = tables.split("## Hyperparameters chosen on dev")[1].split("##")[0]
+    zo_row = next(line for line in chosen.splitlines() if line.startswith("| zo-sgd |"))
+    assert zo_row.count("lr=") == 1 and ("lr=0.001" in zo_row or "lr=0.01" in zo_row)
+    assert "| fo-sgd | - |" in chosen  # one lr for fo-sgd: nothing chosen
     for png in ["loss_vs_step.png", "dev_vs_forward_passes.png", "memory.png"]:
         assert (out / png).stat().st_size > 1000
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/summary.json")}

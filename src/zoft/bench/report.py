@@ -76,16 +76,21 @@ def losses(out: Path, key: str) -> dict[str, float | None]:
     return {"final_loss": statistics.mean(tail) if tail else None, "dev_loss": dev[-1] if dev else None}
 
 
-def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
-    """Per GROUP: the seeds of the hyperparameter setting with the best mean dev metric (ties,
-    common when short runs leave the dev accuracy where it was, go to the lower dev loss, or
-    the lower final training loss where no dev loss was logged)."""
+def _settings(rows: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+    """Finished runs per GROUP, then per hyperparameter setting (the config without the seed)."""
     settings: dict[tuple, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["status"] != "finished":
             continue
         setting = json.dumps({k: v for k, v in json.loads(r["config"]).items() if k != "seed"}, sort_keys=True)
         settings[tuple(r[k] for k in GROUP)][setting].append(r)
+    return settings
+
+
+def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Per GROUP: the seeds of the hyperparameter setting with the best mean dev metric (ties,
+    common when short runs leave the dev accuracy where it was, go to the lower dev loss, or
+    the lower final training loss where no dev loss was logged)."""
 
     def score(runs: list[dict]) -> tuple[float, float, float]:
         devs = [r["best_dev_metric"] for r in runs if r["best_dev_metric"] is not None]
@@ -94,7 +99,20 @@ def choose(rows: list[dict]) -> dict[tuple, list[dict]]:
                 -dev_loss if dev_loss is not None else float("-inf"),
                 -final if final is not None else float("-inf"))
 
-    return {g: max(by_setting.values(), key=score) for g, by_setting in settings.items()}
+    return {g: max(by_setting.values(), key=score) for g, by_setting in _settings(rows).items()}
+
+
+def chosen_values(rows: list[dict], chosen: dict[tuple, list[dict]]) -> dict[tuple, str]:
+    """Per GROUP: the options that differ between its settings, at the chosen setting ("lr=0.001");
+    "-" for a group with one setting."""
+    labels = {}
+    for g, by_setting in _settings(rows).items():
+        configs = [json.loads(s) for s in by_setting]
+        keys = sorted({k for c in configs for k in c})
+        varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
+        pick = json.loads(chosen[g][0]["config"])
+        labels[g] = ", ".join(f"{k}={pick.get(k)}" for k in varying) or "-"
+    return labels
 
 
 def tables(rows: list[dict]) -> str:
@@ -108,6 +126,11 @@ def tables(rows: list[dict]) -> str:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])
                  for c in columns]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    labels = chosen_values(rows, chosen)
+    lines += ["", "## Hyperparameters chosen on dev (the options that differ between a row's runs)", "", head,
+              "|---|" + "---|" * len(columns)]
+    for opt in optimizers:
+        lines.append(f"| {opt} | " + " | ".join(labels.get((*c, opt), "") for c in columns) + " |")
     for key, title in LOSS_TABLES:
         if not any(r.get(key) is not None for runs in chosen.values() for r in runs):
             continue
