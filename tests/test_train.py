@@ -209,6 +209,20 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
         train(config(tmp_path, steps=1))
 
 
+def test_a_fresh_start_replaces_an_unfinished_runs_metrics_and_keeps_a_finished_run(tmp_path):
+    cfg = config(tmp_path, steps=2, eval_every=2)
+    run = Path(cfg.out)
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 99.0}\n')  # stopped before its first checkpoint
+    train(cfg)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss" in r]
+    assert steps == [1, 2] and all(r.get("loss") != 99.0 for r in rows)
+    (run / "checkpoint.json").unlink()  # as zoft bench --drop-weights leaves a finished cell
+    with pytest.raises(FileExistsError, match="finished run"):
+        train(cfg)
+
+
 @pytest.mark.slow
 def test_real_smollm2_trains_on_sst2(tmp_path):
     import importlib.util

@@ -26,6 +26,12 @@ class RunFiles:
             raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = None
+        if active and not resume:
+            summary = run_dir / "summary.json"
+            if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
+                raise FileExistsError(f"{run_dir} holds a finished run (summary.json); use another --out")
+            if self.metrics_path.exists():  # a run stopped before its first checkpoint: start over
+                self.metrics_path.unlink()
         if active:
             run_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
