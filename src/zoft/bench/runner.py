@@ -19,20 +19,13 @@ from tqdm import tqdm
 
 from zoft.bench.grid import Cell
 from zoft.train.checkpoint import BEST, MANIFEST, write_json
+from zoft.train.run_files import finished_summary
 
 WEIGHT_FILES = (MANIFEST, BEST, "weights-*.safetensors", "optimizer-*.pt")
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "cells" / cell.key
-
-
-def _finished(summary_path: Path) -> dict | None:
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if summary.get("status") == "finished":
-            return summary
-    return None
 
 
 def drop_weight_files(folder: Path) -> None:
@@ -43,12 +36,17 @@ def drop_weight_files(folder: Path) -> None:
 
 
 def run_cell(out: Path, cell: Cell, log: Callable[[str], None], drop_weights: bool = False) -> dict:
-    """The cell's summary, running or resuming ``zoft train`` when it is not finished."""
+    """The cell's summary, running or resuming ``zoft train`` when it is not finished; with
+    ``drop_weights`` a finished cell's weight files are deleted."""
+    summary = _run_or_skip(out, cell, log)
+    if drop_weights and summary.get("status") == "finished":
+        drop_weight_files(cell_dir(out, cell))
+    return summary
+
+
+def _run_or_skip(out: Path, cell: Cell, log: Callable[[str], None]) -> dict:
     folder = cell_dir(out, cell)
-    summary_path = folder / "summary.json"
-    if (summary := _finished(summary_path)) is not None:
-        if drop_weights:
-            drop_weight_files(folder)
+    if (summary := finished_summary(folder)) is not None:
         return summary
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "cell.json", {"varied": cell.varied, "config": cell.config})
@@ -59,11 +57,9 @@ def run_cell(out: Path, cell: Cell, log: Callable[[str], None], drop_weights: bo
         argv = ["train", "--config", str(folder / "train_config.json"), "--out", str(folder)]
     with open(folder / "stderr.log", "a") as err:
         proc = subprocess.run([sys.executable, "-m", "zoft", *argv], stdout=subprocess.DEVNULL, stderr=err)
+    summary_path = folder / "summary.json"
     if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        if drop_weights and summary.get("status") == "finished":
-            drop_weight_files(folder)
-        return summary
+        return json.loads(summary_path.read_text())
     log(f"cell {cell.key} {cell.varied} exited {proc.returncode}; see {folder / 'stderr.log'}")
     return {"status": "crashed", "returncode": proc.returncode}
 

@@ -13,6 +13,16 @@ from zoft.train import checkpoint
 from zoft.train.config import TrainConfig
 
 
+def finished_summary(run_dir: Path) -> dict | None:
+    """The summary of a finished run in ``run_dir``; None when there is none (or it failed)."""
+    path = run_dir / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+        if summary.get("status") == "finished":
+            return summary
+    return None
+
+
 class RunFiles:
     """``active=False`` (data-parallel ranks other than 0): nothing is written or printed."""
 
@@ -27,8 +37,7 @@ class RunFiles:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = None
         if active and not resume:
-            summary = run_dir / "summary.json"
-            if summary.exists() and json.loads(summary.read_text()).get("status") == "finished":
+            if finished_summary(run_dir) is not None:
                 raise FileExistsError(f"{run_dir} holds a finished run (summary.json); use another --out")
             if self.metrics_path.exists():  # a run stopped before its first checkpoint: start over
                 self.metrics_path.unlink()
