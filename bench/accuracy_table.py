@@ -1,0 +1,66 @@
+"""RESULTS section 7's accuracy table from a `zoft bench` folder, paired with zero-shot by seed.
+
+For each (model, task, peft, optimizer) it takes the setting `zoft report` chooses on dev and
+prints: the chosen options, dev accuracy, test accuracy (mean +- std over seeds and per seed),
+test accuracy and dev loss minus the zero-shot cell of the same seed (a seed samples its own dev
+and test examples), final training loss and peak memory. Markdown on stdout.
+
+    python bench/accuracy_table.py docs/results/accuracy_lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from zoft.bench.report import _row, choose, chosen_values, load_records, losses
+
+
+def _seed(run: dict) -> int:
+    return int(run.get("seed") or 0)
+
+
+def _mean_std(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} +- {statistics.stdev(values):.3f}"
+
+
+def table(out: Path) -> str:
+    rows = [{**_row(r), **losses(out, r["key"])} for r in load_records(out)]
+    chosen = choose(rows)
+    labels = chosen_values(rows, chosen)
+    zero = {(*g[:3], _seed(r)): r for g, runs in chosen.items() if g[3] == "zero-shot" for r in runs}
+
+    def paired(group: tuple, runs: list[dict], key: str) -> str:
+        diffs = [r[key] - zero[(*group[:3], _seed(r))][key] for r in runs
+                 if r[key] is not None and (*group[:3], _seed(r)) in zero]
+        return f"{statistics.mean(diffs):+.3f}" if diffs else ""
+
+    lines = ["| model / task / peft | optimizer | chosen on dev | dev acc. | test acc. | test acc. per seed | "
+             "test - zero-shot (same seed) | dev loss | dev loss - zero-shot | final training loss | "
+             "peak memory (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = lambda g: (g[:3], g[3] != "zero-shot", g[3].startswith("fo-"), g[3])
+    for g in sorted(chosen, key=order):
+        runs = sorted(chosen[g], key=_seed)
+        per_seed = " / ".join(f"{r['test_metric']:.3f}" for r in runs)
+        memory = statistics.mean(r["peak_memory_bytes"] for r in runs) / 2**30
+        lines.append(f"| {g[0]} / {g[1]} / {g[2]} | {g[3]} | {labels[g]} | "
+                     f"{_mean_std([r['best_dev_metric'] for r in runs])} | {_mean_std([r['test_metric'] for r in runs])} | "
+                     f"{per_seed} | {paired(g, runs, 'test_metric')} | {_mean_std([r['dev_loss'] for r in runs])} | "
+                     f"{paired(g, runs, 'dev_loss')} | {_mean_std([r['final_loss'] for r in runs])} | {memory:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="a folder written by zoft bench (cells/*)")
+    print(table(parser.parse_args().out))
+
+
+if __name__ == "__main__":
+    main()
