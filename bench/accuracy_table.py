@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from zoft.bench.report import _row, choose, chosen_values, load_records, losses
+from zoft.bench.report import choose, chosen_values, load_rows
 
 
 def _seed(run: dict) -> int:
@@ -31,7 +31,7 @@ def _mean_std(values: list) -> str:
 
 
 def table(out: Path) -> str:
-    rows = [{**_row(r), **losses(out, r["key"])} for r in load_records(out)]
+    rows = load_rows(out)
     chosen = choose(rows)
     labels = chosen_values(rows, chosen)
     zero = {(*g[:3], _seed(r)): r for g, runs in chosen.items() if g[3] == "zero-shot" for r in runs}

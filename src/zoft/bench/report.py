@@ -196,9 +196,14 @@ def head_to_head(chosen: dict[tuple, list[dict]], columns: list[tuple], optimize
     return lines
 
 
+def load_rows(out: Path) -> list[dict]:
+    """One flat row per cell of ``out``: group keys, varied keys, summary fields, losses, config."""
+    return [{**_row(r), **losses(out, r["key"])} for r in load_records(out)]
+
+
 def build_report(out: Path) -> list[dict]:
     """Write results.csv, tables.md and the plots for the grid in ``out``; returns the rows."""
-    rows = [{**_row(r), **losses(out, r["key"])} for r in load_records(out)]
+    rows = load_rows(out)
     if not rows:
         raise FileNotFoundError(f"{out} holds no benchmark cells (no cells/*/cell.json)")
     write_csv(rows, out / "results.csv")
