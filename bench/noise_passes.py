@@ -115,13 +115,15 @@ def main() -> None:
     ap.add_argument("--no-step", action="store_true", help="skip the model: time the passes only")
     ap.add_argument("--step-repeats", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=9, help="repeats of each pass (median reported)")
+    ap.add_argument("--entries", type=int, default=None,
+                    help="entries per pass (default: the parameters the model trains, or 134.5M with --no-step)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--name", default="noise_passes")
     ap.add_argument("--out", default="bench/results")
     args = ap.parse_args()
 
     step_rows = [] if args.no_step else steps(args)
-    entries = step_rows[0]["trainable_params"] if step_rows else SMOLLM2_FULL
+    entries = args.entries or (step_rows[0]["trainable_params"] if step_rows else SMOLLM2_FULL)
     timings = passes(entries, args.threads, args.repeats)
     for name in VARIANTS:
         t = timings[name]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,3 +213,16 @@ def test_drop_weights_keeps_results_and_deletes_weight_files(tmp_path):
     assert main(["bench", str(spec), "--out", str(out), "--quick", *zo, "--drop-weights"]) == 0
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("cells/*/summary.json")}  # not rerun
     assert len(list(csv.DictReader(open(out / "results.csv")))) == 2
+
+
+def test_noise_passes_benchmark_runs_and_writes_every_variant(tmp_path):
+    if shutil.which(os.environ.get("CC") or "cc") is None:
+        pytest.skip("no C compiler on this machine")
+    script = Path(__file__).resolve().parents[1] / "bench" / "noise_passes.py"
+    subprocess.run([sys.executable, str(script), "--no-step", "--entries", "100000", "--repeats", "1",
+                    "--out", str(tmp_path)], check=True, capture_output=True, text=True)
+    report = json.loads((tmp_path / "noise_passes.json").read_text())
+    assert set(report["passes"]) == {"add", "rademacher", "rademacher_fused", "gaussian", "gaussian_fused",
+                                     "gaussian_short"}
+    assert report["entries"] == 100000 and all(t["median_s"] > 0 for t in report["passes"].values())
+    assert (tmp_path / "noise_passes.csv").exists() and (tmp_path / "noise_passes.png").exists()
