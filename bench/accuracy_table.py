@@ -14,11 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from zoft.bench.report import choose, chosen_values, load_rows
-
-
-def _seed(run: dict) -> int:
-    return int(run.get("seed") or 0)
+from zoft.bench.report import choose, chosen_values, load_rows, minus_zero_shot
 
 
 def _mean_std(values: list) -> str:
@@ -34,25 +30,23 @@ def table(out: Path) -> str:
     rows = load_rows(out)
     chosen = choose(rows)
     labels = chosen_values(rows, chosen)
-    zero = {(*g[:3], _seed(r)): r for g, runs in chosen.items() if g[3] == "zero-shot" for r in runs}
 
-    def paired(group: tuple, runs: list[dict], key: str) -> str:
-        diffs = [r[key] - zero[(*group[:3], _seed(r))][key] for r in runs
-                 if r[key] is not None and (*group[:3], _seed(r)) in zero]
-        return f"{statistics.mean(diffs):+.3f}" if diffs else ""
+    def paired(group: tuple, key: str) -> str:
+        diff = minus_zero_shot(chosen, group, key)
+        return f"{diff:+.3f}" if diff is not None else ""
 
     lines = ["| model / task / peft | optimizer | chosen on dev | dev acc. | test acc. | test acc. per seed | "
              "test - zero-shot (same seed) | dev loss | dev loss - zero-shot | final training loss | "
              "peak memory (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = lambda g: (g[:3], g[3] != "zero-shot", g[3].startswith("fo-"), g[3])
     for g in sorted(chosen, key=order):
-        runs = sorted(chosen[g], key=_seed)
+        runs = sorted(chosen[g], key=lambda r: int(r.get("seed") or 0))
         per_seed = " / ".join(f"{r['test_metric']:.3f}" for r in runs)
         memory = statistics.mean(r["peak_memory_bytes"] for r in runs) / 2**30
         lines.append(f"| {g[0]} / {g[1]} / {g[2]} | {g[3]} | {labels[g]} | "
                      f"{_mean_std([r['best_dev_metric'] for r in runs])} | {_mean_std([r['test_metric'] for r in runs])} | "
-                     f"{per_seed} | {paired(g, runs, 'test_metric')} | {_mean_std([r['dev_loss'] for r in runs])} | "
-                     f"{paired(g, runs, 'dev_loss')} | {_mean_std([r['final_loss'] for r in runs])} | {memory:.2f} |")
+                     f"{per_seed} | {paired(g, 'test_metric')} | {_mean_std([r['dev_loss'] for r in runs])} | "
+                     f"{paired(g, 'dev_loss')} | {_mean_std([r['final_loss'] for r in runs])} | {memory:.2f} |")
     return "\n".join(lines)
 
 

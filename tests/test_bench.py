@@ -192,6 +192,26 @@ def test_report_losses_tie_breaks_and_head_to_head(tmp_path):
     assert row == ("| zo-finetuner | 2 | 1 / 0 / 1 | -0.0100 | 1 / 0 / 0 | -0.0200 | 1 / 0 / 1 | -0.0250 |")
 
 
+def test_report_pairs_runs_with_the_zero_shot_cell_of_their_seed(tmp_path):
+    from zoft.bench.report import build_report
+
+    out = tmp_path / "out"
+    # zero-shot differs by seed (each seed samples its own examples): 0.50 and 0.60, dev loss 0.9 / 1.0
+    _fake_cell(out, "z0", "zero-shot", "sst2", 0.1, 0, test=0.50, dev=0.5, losses=[], dev_loss=0.9)
+    _fake_cell(out, "z1", "zero-shot", "sst2", 0.1, 1, test=0.60, dev=0.5, losses=[], dev_loss=1.0)
+    _fake_cell(out, "a0", "zo-sgd", "sst2", 0.1, 0, test=0.55, dev=0.6, losses=[0.8], dev_loss=0.8)
+    _fake_cell(out, "a1", "zo-sgd", "sst2", 0.1, 1, test=0.61, dev=0.6, losses=[0.8], dev_loss=0.7)
+    _fake_cell(out, "b0", "fo-sgd", "copa", 0.1, 0, test=0.70, dev=0.6, losses=[0.8])  # no zero-shot: no pair
+    build_report(out)
+    tables = (out / "tables.md").read_text()
+    paired = tables[tables.index("## Against zero-shot"):].splitlines()
+    assert paired[2] == "| optimizer | m / copa / lora | m / sst2 / lora |"
+    # seed 0: +0.05 test, -0.1 dev loss; seed 1: +0.01, -0.3 -> means +0.03, -0.2 (unpaired means: -0.02 test)
+    assert next(line for line in paired if line.startswith("| zo-sgd")) == "| zo-sgd |  | +0.030; -0.200 |"
+    assert next(line for line in paired if line.startswith("| fo-sgd")) == "| fo-sgd |  |  |"
+    assert not any(line.startswith("| zero-shot") for line in paired[:6])
+
+
 def test_drop_weights_keeps_results_and_deletes_weight_files(tmp_path):
     """--drop-weights deletes finished cells' weights and optimizer state (a cell finished earlier and
     one run now), keeps what the report reads, and a rerun still skips the cells."""

@@ -139,6 +139,7 @@ def tables(rows: list[dict]) -> str:
             cells = [_mean_std([r[key] for r in chosen.get((*c, opt), []) if r.get(key) is not None])
                      for c in columns]
             lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    lines += zero_shot_table(chosen, columns, optimizers)
     lines += head_to_head(chosen, columns, optimizers)
     lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "",
               "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |",
@@ -161,6 +162,39 @@ def tables(rows: list[dict]) -> str:
         lines.append(f"| {g[0]} / {g[1]} / {g[2]} | {g[3]} | {mem:.3f} | {sps:.3f} | {fps:.2f} | "
                      f"{runs[0]['trainable_params']} |")
     return "\n".join(lines) + "\n"
+
+
+def _seed(run: dict) -> int:
+    return int(run.get("seed") or 0)
+
+
+def minus_zero_shot(chosen: dict[tuple, list[dict]], group: tuple, key: str) -> float | None:
+    """Mean over GROUP's chosen runs of run[key] minus the zero-shot cell of the same model, task,
+    scheme and seed (a seed samples its own dev and test examples, so runs are compared with the
+    zero-shot cell of their own seed); None when no run has a zero-shot partner."""
+    zero = {_seed(r): r for r in chosen.get((*group[:3], "zero-shot"), [])}
+    diffs = [r[key] - zero[_seed(r)][key] for r in chosen.get(group, [])
+             if _seed(r) in zero and r.get(key) is not None and zero[_seed(r)].get(key) is not None]
+    return statistics.mean(diffs) if diffs else None
+
+
+def zero_shot_table(chosen: dict[tuple, list[dict]], columns: list[tuple], optimizers: list[str]) -> list[str]:
+    """Test metric and dev loss minus the same seed's zero-shot cell, per optimizer and column;
+    empty when the grid has no zero-shot cell."""
+    if "zero-shot" not in optimizers:
+        return []
+    head = "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |"
+    lines = ["", "## Against zero-shot, paired by seed (test metric difference; dev loss difference)", "", head,
+             "|---|" + "---|" * len(columns)]
+    for opt in optimizers:
+        if opt == "zero-shot":
+            continue
+        cells = []
+        for c in columns:
+            test, dev = minus_zero_shot(chosen, (*c, opt), "test_metric"), minus_zero_shot(chosen, (*c, opt), "dev_loss")
+            cells.append("; ".join(f"{v:+.3f}" for v in (test, dev) if v is not None) if test is not None else "")
+        lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _mean_of(runs: list[dict], key: str) -> float | None:
