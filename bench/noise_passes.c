@@ -64,15 +64,8 @@ static void pass_gaussian_fused(float *p, int64_t n, float alpha, float beta) {
 
 /* ln x, x in (0, 1]: cephes' logf polynomial on the folded mantissa, no division */
 static inline float ln_short(float x) {
-    uint32_t b;
-    memcpy(&b, &x, 4);
-    int32_t e = (int32_t)((b >> 23) & 0xFF) - 127;
-    uint32_t mb = (b & 0x7FFFFFu) | 0x3F800000u;
-    float m;
-    memcpy(&m, &mb, 4);
-    int big = m > 1.41421356f;
-    m = big ? m * 0.5f : m;
-    e += big;
+    int32_t e;
+    float m = fold_mantissa(x, &e);
     float t = m - 1.0f, z = t * t;
     float y = 7.0376836292E-2f;
     y = y * t - 1.1514610310E-1f;

@@ -32,18 +32,23 @@ static inline uint32_t mix(uint32_t x) {
 
 static inline uint32_t hash(uint32_t i, uint32_t k1, uint32_t k2) { return mix(mix(i ^ k1) + k2); }
 
-/* ln x for x in (0, 1]: exponent from the bits, mantissa folded to [sqrt(1/2), sqrt(2)),
- * ln m = 2 atanh(s) = s * (2 + 2/3 s^2 + 2/5 s^4 + 2/7 s^6 + 2/9 s^8), s = (m - 1) / (m + 1). */
-static inline float ln_(float x) {
+/* x = m 2^e with the mantissa m folded to [sqrt(1/2), sqrt(2)); returns m, sets *e. */
+static inline float fold_mantissa(float x, int32_t *e) {
     uint32_t b;
     memcpy(&b, &x, 4);
-    int32_t e = (int32_t)((b >> 23) & 0xFF) - 127;
     uint32_t mb = (b & 0x7FFFFFu) | 0x3F800000u;
     float m;
     memcpy(&m, &mb, 4);
     int big = m > (float)1.4142135623730951;
-    m = big ? m * 0.5f : m;
-    e += big;
+    *e = (int32_t)((b >> 23) & 0xFF) - 127 + big;
+    return big ? m * 0.5f : m;
+}
+
+/* ln x for x in (0, 1]: ln m + e ln 2 with m, e from fold_mantissa,
+ * ln m = 2 atanh(s) = s * (2 + 2/3 s^2 + 2/5 s^4 + 2/7 s^6 + 2/9 s^8), s = (m - 1) / (m + 1). */
+static inline float ln_(float x) {
+    int32_t e;
+    float m = fold_mantissa(x, &e);
     float s = (m - 1.0f) / (m + 1.0f), s2 = s * s;
     float series = 2.0f + s2 * ((float)(2.0 / 3) + s2 * ((float)(2.0 / 5) + s2 * ((float)(2.0 / 7) + s2 * (float)(2.0 / 9))));
     return (float)e * (float)0.6931471805599453 + s * series;
