@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from zoft.bench.report import choose, chosen_values, load_rows, minus_zero_shot
+from zoft.bench.report import choose, chosen_values, load_rows, minus_zero_shot, seed_of
 
 
 def _mean_std(values: list) -> str:
@@ -40,7 +40,7 @@ def table(out: Path) -> str:
              "peak memory (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     order = lambda g: (g[:3], g[3] != "zero-shot", g[3].startswith("fo-"), g[3])
     for g in sorted(chosen, key=order):
-        runs = sorted(chosen[g], key=lambda r: int(r.get("seed") or 0))
+        runs = sorted(chosen[g], key=seed_of)
         per_seed = " / ".join(f"{r['test_metric']:.3f}" for r in runs)
         memory = statistics.mean(r["peak_memory_bytes"] for r in runs) / 2**30
         lines.append(f"| {g[0]} / {g[1]} / {g[2]} | {g[3]} | {labels[g]} | "

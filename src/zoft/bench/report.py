@@ -115,35 +115,37 @@ def chosen_values(rows: list[dict], chosen: dict[tuple, list[dict]]) -> dict[tup
     return labels
 
 
+def _header(columns: list[tuple]) -> list[str]:
+    """The header and rule of a table with one row per optimizer and one column per (model, task, peft)."""
+    return ["| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |",
+            "|---|" + "---|" * len(columns)]
+
+
 def tables(rows: list[dict]) -> str:
     chosen = choose(rows)
     columns = sorted({(g[0], g[1], g[2]) for g in chosen})
     optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != "zero-shot", o.startswith("fo-"), o))
-    head = "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |"
-    lines = ["## Test metric (hyperparameters chosen on dev; mean +- std over seeds)", "", head,
-             "|---|" + "---|" * len(columns)]
+    lines = ["## Test metric (hyperparameters chosen on dev; mean +- std over seeds)", "", *_header(columns)]
     for opt in optimizers:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])
                  for c in columns]
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     labels = chosen_values(rows, chosen)
-    lines += ["", "## Hyperparameters chosen on dev (the options that differ between a row's runs)", "", head,
-              "|---|" + "---|" * len(columns)]
+    lines += ["", "## Hyperparameters chosen on dev (the options that differ between a row's runs)", "",
+              *_header(columns)]
     for opt in optimizers:
         lines.append(f"| {opt} | " + " | ".join(labels.get((*c, opt), "") for c in columns) + " |")
     for key, title in LOSS_TABLES:
         if not any(r.get(key) is not None for runs in chosen.values() for r in runs):
             continue
-        lines += ["", f"## {title} (chosen setting; mean +- std over seeds)", "", head, "|---|" + "---|" * len(columns)]
+        lines += ["", f"## {title} (chosen setting; mean +- std over seeds)", "", *_header(columns)]
         for opt in optimizers:
             cells = [_mean_std([r[key] for r in chosen.get((*c, opt), []) if r.get(key) is not None])
                      for c in columns]
             lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     lines += zero_shot_table(chosen, columns, optimizers)
     lines += head_to_head(chosen, columns, optimizers)
-    lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "",
-              "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |",
-              "|---|" + "---|" * len(columns)]
+    lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "", *_header(columns)]
     for opt in optimizers:
         cells = []
         for c in columns:
@@ -164,7 +166,7 @@ def tables(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seed(run: dict) -> int:
+def seed_of(run: dict) -> int:
     return int(run.get("seed") or 0)
 
 
@@ -172,9 +174,9 @@ def minus_zero_shot(chosen: dict[tuple, list[dict]], group: tuple, key: str) -> 
     """Mean over GROUP's chosen runs of run[key] minus the zero-shot cell of the same model, task,
     scheme and seed (a seed samples its own dev and test examples, so runs are compared with the
     zero-shot cell of their own seed); None when no run has a zero-shot partner."""
-    zero = {_seed(r): r for r in chosen.get((*group[:3], "zero-shot"), [])}
-    diffs = [r[key] - zero[_seed(r)][key] for r in chosen.get(group, [])
-             if _seed(r) in zero and r.get(key) is not None and zero[_seed(r)].get(key) is not None]
+    zero = {seed_of(r): r for r in chosen.get((*group[:3], "zero-shot"), [])}
+    diffs = [r[key] - zero[seed_of(r)][key] for r in chosen.get(group, [])
+             if seed_of(r) in zero and r.get(key) is not None and zero[seed_of(r)].get(key) is not None]
     return statistics.mean(diffs) if diffs else None
 
 
@@ -183,9 +185,8 @@ def zero_shot_table(chosen: dict[tuple, list[dict]], columns: list[tuple], optim
     empty when the grid has no zero-shot cell."""
     if "zero-shot" not in optimizers:
         return []
-    head = "| optimizer | " + " | ".join(f"{m} / {t} / {p}" for m, t, p in columns) + " |"
-    lines = ["", "## Against zero-shot, paired by seed (test metric difference; dev loss difference)", "", head,
-             "|---|" + "---|" * len(columns)]
+    lines = ["", "## Against zero-shot, paired by seed (test metric difference; dev loss difference)", "",
+             *_header(columns)]
     for opt in optimizers:
         if opt == "zero-shot":
             continue
