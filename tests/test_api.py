@@ -34,6 +34,8 @@ def test_make_optimizer_returns_a_torch_optimizer(name):
     ("zo-adam", dict(betas=(0.9, 1.0)), "invalid betas 1.0"),
     ("zo-sgd", dict(seed=1.5), "invalid seed 1.5"),
     ("jaguar-muon", dict(ns_steps=0), "invalid ns_steps 0"),
+    ("zo-muon", dict(fallback_lr=-1e-3), "invalid fallback_lr -0.001"),
+    ("zo-sgd", dict(fallback_lr=1e-3), r"unknown hyperparameter\(s\) \['fallback_lr'\]"),
     ("zo-sgd-cons", dict(weight_decay=0.1), "zo-sgd-cons does not support weight_decay"),
     ("forward-grad", {}, "forward-grad needs module="),
     ("zo-finetuner", {}, "zo-finetuner needs finetuner="),

@@ -246,3 +246,15 @@ def test_noise_passes_benchmark_runs_and_writes_every_variant(tmp_path):
                                      "gaussian_short"}
     assert report["entries"] == 100000 and all(t["median_s"] > 0 for t in report["passes"].values())
     assert (tmp_path / "noise_passes.csv").exists() and (tmp_path / "noise_passes.png").exists()
+
+
+def test_muon_fallback_diagnostic_moves_the_non_matrix_tensors(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "bench" / "muon_fallback.py"
+    subprocess.run([sys.executable, str(script), "--model", "tiny-llama", "--task", "sentiment-demo",
+                    "--steps", "3", "--lrs", "0", "1", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    losses = json.loads((tmp_path / "muon_fallback.json").read_text())["losses"]
+    assert set(losses) == {"0", "1"} and all(len(v) == 3 for v in losses.values())
+    assert losses["0"][0] == losses["1"][0]  # same batch, same start
+    assert losses["0"][2] != losses["1"][2]  # the 1-D tensors moved at lr 1
+    assert (tmp_path / "muon_fallback.csv").exists() and (tmp_path / "muon_fallback.png").exists()

@@ -66,3 +66,30 @@ def test_muon_orthogonalises_matrices_and_falls_back_elsewhere():
     opt.step(lambda: ((w - target_w) ** 2).sum() + ((b - target_b) ** 2).sum())
     s = torch.linalg.svdvals(w.detach())
     assert float(s.max()) < 1.3  # W moved by lr * NS(M): orthogonal-like step
+
+
+@pytest.mark.parametrize("name", ["zo-muon", "jaguar-muon"])
+def test_fallback_lr_moves_only_the_non_matrix_tensors(name):
+    """fallback_lr scales the step of the 1-D tensors and leaves the matrices' step as it was."""
+    target_w, target_b = torch.randn(8, 4, generator=torch.Generator().manual_seed(2)), torch.arange(4.0)
+
+    def one_step(**hp):
+        w, b = torch.nn.Parameter(torch.zeros(8, 4)), torch.nn.Parameter(torch.zeros(4))
+        opt = zoft.make_optimizer(name, [w, b], lr=0.1, eps=1e-3, momentum=0.0, q=4, seed=3, **hp)
+        opt.step(lambda: ((w - target_w) ** 2).sum() + ((b - target_b) ** 2).sum())
+        return w.detach(), b.detach()
+
+    w_same, b_same = one_step()
+    w_fb, b_fb = one_step(fallback_lr=0.01)
+    w_zero, b_zero = one_step(fallback_lr=0.0)
+    torch.testing.assert_close(w_fb, w_same)
+    torch.testing.assert_close(w_zero, w_same)
+    assert b_same.abs().sum() > 0
+    torch.testing.assert_close(b_fb, 0.1 * b_same)  # both rules are linear in lr from zero
+    torch.testing.assert_close(b_zero, torch.zeros(4), rtol=0, atol=1e-8)  # restore rounding only
+
+
+def test_fallback_lr_is_checked_in_param_groups_too():
+    w, b = torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="invalid fallback_lr -1"):
+        zoft.make_optimizer("zo-muon", [{"params": [w]}, {"params": [b], "fallback_lr": -1.0}])

@@ -87,6 +87,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         check_range("weight_decay", group["weight_decay"], 0.0)
 
     # -- the step --------------------------------------------------------------------
+    def _lr(self, p: torch.Tensor, group: dict) -> float:
+        """The learning rate that moves tensor p of ``group`` (the chain-based update)."""
+        return group["lr"]
+
     def _tensors(self) -> list[tuple[torch.Tensor, dict]]:
         return [(p, g) for g in self.param_groups for p in g["params"] if p.requires_grad]
 
@@ -125,7 +129,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             return
         for j, (p, group) in enumerate(pairs):
             coefs = _coefficients(space, est, j, p)
-            lr, wd = group["lr"], group["weight_decay"]
+            lr, wd = self._lr(p, group), group["weight_decay"]
             g = torch.zeros(p.shape, dtype=torch.float32 if p.dtype != torch.float64 else p.dtype,
                             device=p.device)
             for d, (r, c) in coefs.items():

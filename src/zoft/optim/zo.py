@@ -5,8 +5,9 @@
   zo-sgd-sign  x <- x - lr sign(g)
   zo-adam      Adam on g (torch.optim.Adam's rule, bias-corrected)
   jaguar-sign  coordinate-block g; m_S <- beta m_S + (1-beta) g_S;  x <- x - lr sign(m)
-  jaguar-muon  the same momentum; 2-D: X <- X - lr NS(M), other tensors the sign rule
+  jaguar-muon  the same momentum; 2-D: X <- X - lr NS(M), other tensors the sign rule at fallback_lr
   zo-muon      M <- momentum M + g (dense Gaussian g); 2-D: X <- X - lr NS(M), else SGD-momentum
+               at fallback_lr (both Muon variants: fallback_lr defaults to lr)
   zo-sgd-cons  keep the best of x, x - lr g, x + lr g (2-3 more forward passes)
 
 ZO-Bench: Zhang et al., ICML 2024. JAGUAR: Petrov et al. 2025, arXiv 2506.04430 (seeds
@@ -90,24 +91,41 @@ class JaguarSign(ZOOptimizer):
         return {**super()._group_defaults(**options), **extra}
 
 
-class JaguarMuon(JaguarSign):
+class _MatrixLR:
+    """The Muon variants' two learning rates: ``lr`` moves the 2-D tensors by lr NS(M), whose
+    size is set by the Newton-Schulz normalisation; ``fallback_lr`` (default: lr) moves the
+    other tensors (norm gains, biases), whose fallback step is not normalised. Muon pairs the
+    matrices with another optimizer at its own lr for the same reason (K. Jordan 2024). On full
+    fine-tuning a Muon-sized lr on the norm gains' ZO step diverges (docs/RESULTS.md, 7e)."""
+
+    def _group_defaults(self, **options):
+        extra = {**_ns_steps(options), "fallback_lr": options.pop("fallback_lr", None)}
+        return {**super()._group_defaults(**options), **extra}
+
+    def _check_group(self, group):
+        super()._check_group(group)
+        if group["fallback_lr"] is not None:
+            check_range("fallback_lr", group["fallback_lr"], 0.0)
+
+    def _lr(self, p, group):
+        fallback = group["fallback_lr"]
+        return group["lr"] if p.dim() == 2 or fallback is None else fallback
+
+
+class JaguarMuon(_MatrixLR, JaguarSign):
     """JAGUAR Muon: block momentum; Newton-Schulz step on 2-D tensors, sign elsewhere."""
 
     chain = (BlockMomentum(), Orthogonalize(fallback=Sign()))
 
-    def _group_defaults(self, **options):
-        extra = _ns_steps(options)
-        return {**super()._group_defaults(**options), **extra}
 
-
-class ZOMuon(ZOOptimizer):
+class ZOMuon(_MatrixLR, ZOOptimizer):
     """ZO-Muon (seed 000): M <- momentum M + g; X <- X - lr NewtonSchulz(M) on 2-D tensors."""
 
     chain = (HeavyBall(), Orthogonalize(fallback=None))
     coupled_weight_decay = False
 
     def _group_defaults(self, **options):
-        extra = {**_momentum(options, 0.9), **_ns_steps(options)}
+        extra = _momentum(options, 0.9)
         return {**super()._group_defaults(**options), **extra}
 
 
