@@ -93,3 +93,18 @@ def test_fallback_lr_is_checked_in_param_groups_too():
     w, b = torch.nn.Parameter(torch.zeros(3, 3)), torch.nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="invalid fallback_lr -1"):
         zoft.make_optimizer("zo-muon", [{"params": [w]}, {"params": [b], "fallback_lr": -1.0}])
+
+
+def test_muon_checkpoint_saved_before_fallback_lr_loads_and_steps():
+    w, b = torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.ones(3))
+    closure = lambda: (w ** 2).sum() + (b ** 2).sum()
+    opt = zoft.make_optimizer("zo-muon", [w, b], lr=0.01)
+    opt.step(closure)
+    old = opt.state_dict()
+    for group in old["param_groups"]:
+        del group["fallback_lr"]
+    fresh = zoft.make_optimizer("zo-muon", [w, b], lr=0.01)
+    fresh.load_state_dict(old)
+    assert fresh.param_groups[0]["fallback_lr"] is None
+    fresh.step(closure)
+    assert fresh.steps_taken == 2

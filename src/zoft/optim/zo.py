@@ -107,6 +107,11 @@ class _MatrixLR:
         if group["fallback_lr"] is not None:
             check_range("fallback_lr", group["fallback_lr"], 0.0)
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:  # checkpoints saved before fallback_lr existed
+            group.setdefault("fallback_lr", None)
+
     def _lr(self, p, group):
         fallback = group["fallback_lr"]
         return group["lr"] if p.dim() == 2 or fallback is None else fallback
