@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from zoft.optim import make_optimizer
+from zoft.optim.transforms import orthogonalised
 from zoft.train.config import TrainConfig
 from zoft.train.data import micro_batch
 from zoft.train.loop import take_step
@@ -40,8 +41,8 @@ def losses(args: argparse.Namespace, fallback_lr: float) -> list[float]:
                       batch_size=8, train_size=1000, dev_size=100, test_size=300, max_length=128, seed=0)
     s = Session.build(cfg)
     params = [p for p in s.model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() == 2], "lr": 0.0},
-              {"params": [p for p in params if p.dim() != 2]}]
+    groups = [{"params": [p for p in params if orthogonalised(p)], "lr": 0.0},
+              {"params": [p for p in params if not orthogonalised(p)]}]
     s.optimizer = make_optimizer("zo-sgd-mmt", groups, **{**cfg.optimizer_hparams(), "momentum": 0.9})
     out = []
     for step in range(args.steps):

@@ -110,6 +110,11 @@ def newton_schulz(m: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     return x.T if tall else x
 
 
+def orthogonalised(t: torch.Tensor) -> bool:
+    """Whether Orthogonalize applies Newton-Schulz to tensor t (matrices) or its fallback."""
+    return t.dim() == 2
+
+
 class Orthogonalize:
     """Newton-Schulz(g) for 2-D tensors (Muon); other tensors go through ``fallback``."""
 
@@ -120,7 +125,7 @@ class Orthogonalize:
         pass
 
     def apply(self, g, p, state, group, support):
-        if g.dim() == 2:
+        if orthogonalised(g):
             return newton_schulz(g, group["ns_steps"])
         return g if self.fallback is None else self.fallback.apply(g, p, state, group, support)
 

@@ -24,7 +24,7 @@ import torch
 
 from zoft.core import Closure, NonFiniteLossError, ParamSpace, derive_seed, loss_value
 from zoft.optim.base import ZOOptimizer, check_range, displace_along
-from zoft.optim.transforms import Adam, BlockMomentum, HeavyBall, Orthogonalize, Sign
+from zoft.optim.transforms import Adam, BlockMomentum, HeavyBall, Orthogonalize, Sign, orthogonalised
 
 
 def _momentum(options: dict, default: float) -> dict:
@@ -114,7 +114,7 @@ class _MatrixLR:
 
     def _lr(self, p, group):
         fallback = group["fallback_lr"]
-        return group["lr"] if p.dim() == 2 or fallback is None else fallback
+        return group["lr"] if orthogonalised(p) or fallback is None else fallback
 
 
 class JaguarMuon(_MatrixLR, JaguarSign):
