@@ -36,7 +36,8 @@ from zoft.train.loop import take_step
 from zoft.train.session import Session
 
 
-def losses(args: argparse.Namespace, fallback_lr: float) -> list[float]:
+def losses(args: argparse.Namespace, fallback_lr: float) -> tuple[list[float], int]:
+    """Training loss per step, and the number of entries in the non-matrix tensors."""
     cfg = TrainConfig(model=args.model, task=args.task, peft="full", optimizer="zo-sgd-mmt", lr=fallback_lr,
                       batch_size=8, train_size=1000, dev_size=100, test_size=300, max_length=128, seed=0)
     s = Session.build(cfg)
@@ -49,7 +50,7 @@ def losses(args: argparse.Namespace, fallback_lr: float) -> list[float]:
         batch = s.batch(micro_batch(s.splits.train, step, cfg.batch_size, cfg.seed))
         out.append(take_step(s, [batch]))
         print(f"fallback_lr {fallback_lr:g} step {step + 1}: loss {out[-1]:.3f}", flush=True)
-    return out
+    return out, sum(p.numel() for p in groups[1]["params"])
 
 
 def main() -> None:
@@ -61,8 +62,12 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = {lr: losses(args, lr) for lr in args.lrs}
+    runs, entries = {}, 0
+    for lr in args.lrs:
+        runs[lr], entries = losses(args, lr)
+    print(f"non-matrix tensors: {entries} entries")
     result = {"model": args.model, "task": args.task, "steps": args.steps, "momentum": 0.9,
+              "non_matrix_entries": entries,
               "losses": {f"{lr:g}": v for lr, v in runs.items()},
               "machine": {"platform": platform.platform(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()}}
