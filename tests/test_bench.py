@@ -149,10 +149,11 @@ def test_cell_key_ignores_unset_options():
 
 
 def _fake_cell(out: Path, key: str, optimizer: str, task: str, lr: float, seed: int, test: float, dev: float,
-               losses: list[float], dev_loss: float | None = None) -> None:
+               losses: list[float], dev_loss: float | None = None, opt_options: dict | None = None) -> None:
     folder = out / "cells" / key
     folder.mkdir(parents=True)
-    config = {"model": "m", "task": task, "peft": "lora", "optimizer": optimizer, "lr": lr, "seed": seed}
+    config = {"model": "m", "task": task, "peft": "lora", "optimizer": optimizer, "lr": lr, "seed": seed,
+              "opt_options": opt_options or {}}
     (folder / "cell.json").write_text(json.dumps({"varied": {"optimizer": optimizer, "lr": lr, "seed": seed},
                                                   "config": config}))
     (folder / "summary.json").write_text(json.dumps({
@@ -210,6 +211,25 @@ def test_report_pairs_runs_with_the_zero_shot_cell_of_their_seed(tmp_path):
     assert next(line for line in paired if line.startswith("| zo-sgd")) == "| zo-sgd |  | +0.030; -0.200 |"
     assert next(line for line in paired if line.startswith("| fo-sgd")) == "| fo-sgd |  |  |"
     assert not any(line.startswith("| zero-shot") for line in paired[:6])
+
+
+def test_optimizer_options_name_their_own_rows(tmp_path):
+    """Cells that differ only in opt_options (a spec's base) are separate methods, not lr candidates."""
+    from zoft.bench.report import build_report
+
+    out = tmp_path / "out"
+    fallback = {"fallback_lr": 1e-6}
+    # a spec with opt_options in its base gives its zero-shot cell those options too: still "zero-shot"
+    _fake_cell(out, "z", "zero-shot", "sst2", 0.1, 0, test=0.50, dev=0.5, losses=[], dev_loss=0.9,
+               opt_options=fallback)
+    _fake_cell(out, "a", "zo-muon", "sst2", 0.1, 0, test=0.40, dev=0.6, losses=[5.0], dev_loss=4.0)
+    _fake_cell(out, "b", "zo-muon", "sst2", 0.1, 0, test=0.52, dev=0.55, losses=[0.8], dev_loss=0.8,
+               opt_options=fallback)
+    rows = build_report(out)
+    assert sorted(r["optimizer"] for r in rows) == ["zero-shot", "zo-muon", "zo-muon (fallback_lr=1e-06)"]
+    paired = (out / "tables.md").read_text().split("## Against zero-shot")[1].splitlines()
+    assert "| zo-muon (fallback_lr=1e-06) | +0.020; -0.100 |" in paired  # chosen on its own, not beaten by "a"
+    assert "| zo-muon | -0.100; +3.100 |" in paired
 
 
 def test_drop_weights_keeps_results_and_deletes_weight_files(tmp_path):

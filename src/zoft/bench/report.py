@@ -30,10 +30,19 @@ def load_records(out: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _method(cfg: dict, varied: dict) -> str:
+    """What names a cell's method beside its optimizer: the varied METHOD_KEYS and, for a run that
+    trains, the optimizer options set in its config (e.g. ``fallback_lr=1e-06``)."""
+    parts = [f"{k}={varied[k]}" for k in METHOD_KEYS if k in varied]
+    if varied.get("optimizer") != "zero-shot":
+        parts += [f"{k}={v}" for k, v in sorted((cfg.get("opt_options") or {}).items())]
+    return ", ".join(parts)
+
+
 def _row(rec: dict) -> dict[str, Any]:
     cfg = rec["config"]
     varied = rec["varied"]
-    method = ", ".join(f"{k}={varied[k]}" for k in METHOD_KEYS if k in varied)
+    method = _method(cfg, varied)
     label = varied.get("optimizer", cfg["optimizer"]) + (f" ({method})" if method else "")
     row = {"key": rec["key"], **{k: cfg[k] for k in GROUP}, "optimizer": label}
     row.update({k: v for k, v in rec["varied"].items() if k not in row})
