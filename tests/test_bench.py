@@ -278,3 +278,13 @@ def test_muon_fallback_diagnostic_moves_the_non_matrix_tensors(tmp_path):
     assert losses["0"][0] == losses["1"][0]  # same batch, same start
     assert losses["0"][2] != losses["1"][2]  # the 1-D tensors moved at lr 1
     assert (tmp_path / "muon_fallback.csv").exists() and (tmp_path / "muon_fallback.png").exists()
+
+
+def test_plot_styles_stay_distinct_past_ten_labels():
+    """Grids with more than matplotlib's 10 colours (SST-2 full: 12 rows) must not draw two labels alike."""
+    from zoft.bench.plots import _styles
+
+    labels = [f"opt-{i}" for i in range(12)] + ["opt-3"]  # a label seen in several panels
+    styles = _styles(labels)
+    assert len(styles) == 12
+    assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 12

@@ -29,6 +29,16 @@ def _panels(plt, groups):
     return fig, dict(zip(panels, axes[0]))
 
 
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _styles(labels) -> dict[str, dict]:
+    """One colour and line style per label, the same in every panel; past matplotlib's 10
+    colours the line style changes, so no two labels of a grid draw alike."""
+    return {label: {"color": f"C{i % 10}", "linestyle": LINESTYLES[i // 10 % len(LINESTYLES)]}
+            for i, label in enumerate(sorted(set(labels)))}
+
+
 def plot_all(out: Path, chosen: dict[tuple, list[dict]]) -> None:
     import matplotlib
 
@@ -39,18 +49,20 @@ def plot_all(out: Path, chosen: dict[tuple, list[dict]]) -> None:
         return
     fig, axes = _panels(plt, chosen)
     fig2, axes2 = _panels(plt, chosen)
+    style = _styles(g[3] for g in chosen)
     for group, runs in sorted(chosen.items()):
         train = [[r for r in _metrics(out, run["key"]) if "loss" in r] for run in runs]
         n = min(len(t) for t in train)
         if n:
             mean = _smooth([sum(t[i]["loss"] for t in train) / len(train) for i in range(n)])
-            axes[group[:3]].plot([train[0][i]["step"] for i in range(n)], mean, label=group[3])
+            axes[group[:3]].plot([train[0][i]["step"] for i in range(n)], mean, label=group[3], **style[group[3]])
         rows = _metrics(out, runs[0]["key"])
         dev = [r for r in rows if any(k.startswith("dev_") for k in r)]
         fwd = {r["step"]: r["forward_passes"] for r in rows if "forward_passes" in r}
         if dev:
             metric = next(k for k in dev[0] if k.startswith("dev_"))
-            axes2[group[:3]].plot([fwd.get(r["step"], 0) for r in dev], [r[metric] for r in dev], "o-", label=group[3])
+            axes2[group[:3]].plot([fwd.get(r["step"], 0) for r in dev], [r[metric] for r in dev], marker="o",
+                                  label=group[3], **style[group[3]])
     for ax_map, ylabel, f, name in [(axes, f"training loss (mean over seeds,\nrunning mean over {SMOOTH:.0%} of the steps)", fig, "loss_vs_step.png"),
                                     (axes2, "dev metric (seed 1 of the chosen setting)", fig2, "dev_vs_forward_passes.png")]:
         for (m, t, p), ax in ax_map.items():
