@@ -14,6 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
+from zoft.bench.grid import ZERO_SHOT
 from zoft.bench.report import choose, chosen_values, load_rows, minus_zero_shot, seed_of
 
 
@@ -38,7 +39,7 @@ def table(out: Path) -> str:
     lines = ["| model / task / peft | optimizer | chosen on dev | dev acc. | test acc. | test acc. per seed | "
              "test - zero-shot (same seed) | dev loss | dev loss - zero-shot | final training loss | "
              "peak memory (GiB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    order = lambda g: (g[:3], g[3] != "zero-shot", g[3].startswith("fo-"), g[3])
+    order = lambda g: (g[:3], g[3] != ZERO_SHOT, g[3].startswith("fo-"), g[3])
     for g in sorted(chosen, key=order):
         runs = sorted(chosen[g], key=seed_of)
         per_seed = " / ".join(f"{r['test_metric']:.3f}" for r in runs)

@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from zoft.bench.grid import ZERO_SHOT
+
 SUMMARY_FIELDS = ["status", "steps", "forward_passes", "wall_time_s", "peak_memory_bytes",
                   "trainable_params", "best_dev_metric", "test_metric", "metric_name"]
 GROUP = ("model", "task", "peft", "optimizer")
@@ -34,7 +36,7 @@ def _method(cfg: dict, varied: dict) -> str:
     """What names a cell's method beside its optimizer: the varied METHOD_KEYS and, for a run that
     trains, the optimizer options set in its config (e.g. ``fallback_lr=1e-06``)."""
     parts = [f"{k}={varied[k]}" for k in METHOD_KEYS if k in varied]
-    if varied.get("optimizer") != "zero-shot":
+    if varied.get("optimizer") != ZERO_SHOT:
         parts += [f"{k}={v}" for k, v in sorted((cfg.get("opt_options") or {}).items())]
     return ", ".join(parts)
 
@@ -133,7 +135,7 @@ def _header(columns: list[tuple]) -> list[str]:
 def tables(rows: list[dict]) -> str:
     chosen = choose(rows)
     columns = sorted({(g[0], g[1], g[2]) for g in chosen})
-    optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != "zero-shot", o.startswith("fo-"), o))
+    optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != ZERO_SHOT, o.startswith("fo-"), o))
     lines = ["## Test metric (hyperparameters chosen on dev; mean +- std over seeds)", "", *_header(columns)]
     for opt in optimizers:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])
@@ -183,7 +185,7 @@ def minus_zero_shot(chosen: dict[tuple, list[dict]], group: tuple, key: str) -> 
     """Mean over GROUP's chosen runs of run[key] minus the zero-shot cell of the same model, task,
     scheme and seed (a seed samples its own dev and test examples, so runs are compared with the
     zero-shot cell of their own seed); None when no run has a zero-shot partner."""
-    zero = {seed_of(r): r for r in chosen.get((*group[:3], "zero-shot"), [])}
+    zero = {seed_of(r): r for r in chosen.get((*group[:3], ZERO_SHOT), [])}
     diffs = [r[key] - zero[seed_of(r)][key] for r in chosen.get(group, [])
              if seed_of(r) in zero and r.get(key) is not None and zero[seed_of(r)].get(key) is not None]
     return statistics.mean(diffs) if diffs else None
@@ -192,12 +194,12 @@ def minus_zero_shot(chosen: dict[tuple, list[dict]], group: tuple, key: str) -> 
 def zero_shot_table(chosen: dict[tuple, list[dict]], columns: list[tuple], optimizers: list[str]) -> list[str]:
     """Test metric and dev loss minus the same seed's zero-shot cell, per optimizer and column;
     empty when the grid has no zero-shot cell."""
-    if "zero-shot" not in optimizers:
+    if ZERO_SHOT not in optimizers:
         return []
     lines = ["", "## Against zero-shot, paired by seed (test metric difference; dev loss difference)", "",
              *_header(columns)]
     for opt in optimizers:
-        if opt == "zero-shot":
+        if opt == ZERO_SHOT:
             continue
         cells = []
         for c in columns:
@@ -224,7 +226,7 @@ def head_to_head(chosen: dict[tuple, list[dict]], columns: list[tuple], optimize
              "dev loss: w / t / l | mean dev-loss difference | final loss: w / t / l | mean final-loss difference |",
              "|---|---|---|---|---|---|---|---|"]
     for opt in optimizers:
-        if opt in (BASELINE, "zero-shot"):
+        if opt in (BASELINE, ZERO_SHOT):
             continue
         pairs = [(chosen[(*c, opt)], chosen[(*c, BASELINE)]) for c in columns
                  if (*c, opt) in chosen and (*c, BASELINE) in chosen]
