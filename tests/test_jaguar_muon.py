@@ -108,3 +108,37 @@ def test_muon_checkpoint_saved_before_fallback_lr_loads_and_steps():
     assert fresh.param_groups[0]["fallback_lr"] is None
     fresh.step(closure)
     assert fresh.steps_taken == 2
+
+
+@pytest.mark.parametrize("muon, plain, hp", [
+    ("jaguar-muon", "jaguar-sign", dict(momentum=0.5, block_fraction=0.5)),
+    ("zo-muon", "zo-sgd-mmt", dict(momentum=0.9)),
+])
+def test_a_group_with_orthogonalise_false_takes_the_fallback_rule(muon, plain, hp):
+    """Its matrices move as the Muon variant's fallback optimizer moves them, at fallback_lr;
+    the matrices of the other groups are still orthogonalised. One step: from the same point
+    every variant sees the same losses, so the estimates agree."""
+    target = torch.randn(8, 4, generator=torch.Generator().manual_seed(4))
+
+    def run(name, groups_of, **kw):
+        e, w = torch.nn.Parameter(torch.zeros(8, 4)), torch.nn.Parameter(torch.zeros(8, 4))
+        opt = zoft.make_optimizer(name, groups_of(e, w), eps=1e-3, seed=5, **hp, **kw)
+        opt.step(lambda: ((e - target) ** 2).sum() + ((w + target) ** 2).sum())
+        return e.detach(), w.detach(), opt
+
+    e, w, opt = run(muon, lambda e, w: [{"params": [w]}, {"params": [e], "orthogonalise": False}],
+                    lr=0.1, fallback_lr=0.02)
+    e_plain, _, _ = run(plain, lambda e, w: [{"params": [w]}, {"params": [e]}], lr=0.02)
+    torch.testing.assert_close(e, e_plain)
+    assert e.abs().sum() > 0
+    _, w_all, _ = run(muon, lambda e, w: [{"params": [w]}, {"params": [e]}], lr=0.1, fallback_lr=0.02)
+    torch.testing.assert_close(w, w_all)  # the other group is unchanged by the option
+    assert [g["orthogonalise"] for g in opt.param_groups] == [True, False]
+
+
+def test_orthogonalise_must_be_a_boolean():
+    w = torch.nn.Parameter(torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="invalid orthogonalise 'no'"):
+        zoft.make_optimizer("jaguar-muon", [{"params": [w], "orthogonalise": "no"}])
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['orthogonalise'\]"):
+        zoft.make_optimizer("zo-sgd", [w], orthogonalise=False)

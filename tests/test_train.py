@@ -17,6 +17,7 @@ from zoft.tasks import Example
 from zoft.train.config import TrainConfig
 from zoft.train.loop import train
 from zoft.train.objective import Objective, collate
+from zoft.train.session import Session
 
 TINY = dict(model="tiny-llama", task="sentiment-demo", train_size=32, dev_size=8, test_size=8,
             batch_size=4, max_length=64, log_every=1)
@@ -141,6 +142,7 @@ def test_train_writes_config_metrics_and_summary(tmp_path):
     ("zo-sgd", "lora", {}), ("zo-adam", "full", {}), ("jaguar-sign", "lora", {}),
     ("fo-adam", "lora", {}), ("zo-sgd", "prefix", {"grad_accum": 2}), ("fo-sgd", "full", {"grad_accum": 2}),
     ("forward-grad", "lora", {"grad_accum": 2}),
+    ("jaguar-muon", "full", {"opt_options": {"orthogonalise_embeddings": False, "fallback_lr": 1e-4}}),
 ])
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, optimizer, peft, extra):
     lr = 1e-3 if optimizer.startswith("fo") else 1e-2
@@ -161,6 +163,32 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, optimiz
 def test_every_peft_scheme_trains_with_zo(tmp_path, peft):
     summary = train(config(tmp_path, peft=peft, steps=2, lr=1e-3, eps=1e-2))
     assert summary["status"] == "finished" and summary["trainable_params"] > 0
+
+
+def test_orthogonalise_embeddings_false_puts_the_tied_embedding_in_a_fallback_group(tmp_path):
+    cfg = config(tmp_path, optimizer="zo-muon", peft="full", weight_decay=0.1,
+                 opt_options={"orthogonalise_embeddings": False, "fallback_lr": 1e-5})
+    session = Session.build(cfg, log=lambda m: None)
+    embedding = session.model.get_input_embeddings().weight
+    assert embedding is session.model.get_output_embeddings().weight  # tiny-llama ties them
+    apart = [g for g in session.optimizer.param_groups if not g["orthogonalise"]]
+    assert len(apart) == 1 and len(apart[0]["params"]) == 1 and apart[0]["params"][0] is embedding
+    assert apart[0]["weight_decay"] == 0.1 and apart[0]["fallback_lr"] == 1e-5  # its group's settings
+    listed = [p for g in session.optimizer.param_groups for p in g["params"]]
+    assert len(listed) == len({id(p) for p in listed}) == sum(p.requires_grad for p in session.model.parameters())
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(optimizer="zo-sgd", peft="full"), "orthogonalise_embeddings is an option of zo-muon and jaguar-muon, not of zo-sgd"),
+    (dict(optimizer="zo-muon", peft="lora"), "the token embedding and output head are not trainable here"),
+])
+def test_orthogonalise_embeddings_false_where_it_cannot_apply_is_an_error(tmp_path, kw, message):
+    cfg = config(tmp_path, opt_options={"orthogonalise_embeddings": False}, **kw)
+    with pytest.raises(ValueError, match=message):
+        Session.build(cfg, log=lambda m: None)
+    cfg.opt_options = {"orthogonalise_embeddings": "no"}
+    with pytest.raises(ValueError, match="invalid orthogonalise_embeddings 'no'; must be true or false"):
+        cfg.orthogonalise_embeddings()
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

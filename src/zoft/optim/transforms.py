@@ -110,13 +110,15 @@ def newton_schulz(m: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
     return x.T if tall else x
 
 
-def orthogonalised(t: torch.Tensor) -> bool:
-    """Whether Orthogonalize applies Newton-Schulz to tensor t (matrices) or its fallback."""
-    return t.dim() == 2
+def orthogonalised(t: torch.Tensor, group: dict | None = None) -> bool:
+    """Whether Orthogonalize applies Newton-Schulz to tensor t (the matrices of groups whose
+    ``orthogonalise`` is not False) or its fallback."""
+    return t.dim() == 2 and (group is None or group.get("orthogonalise", True))
 
 
 class Orthogonalize:
-    """Newton-Schulz(g) for 2-D tensors (Muon); other tensors go through ``fallback``."""
+    """Newton-Schulz(g) for 2-D tensors (Muon); other tensors, and the matrices of a param
+    group with ``orthogonalise: False`` (embeddings, as in Muon practice), go through ``fallback``."""
 
     def __init__(self, fallback: Transform | None) -> None:
         self.fallback = fallback
@@ -125,7 +127,7 @@ class Orthogonalize:
         pass
 
     def apply(self, g, p, state, group, support):
-        if orthogonalised(g):
+        if orthogonalised(g, group):
             return newton_schulz(g, group["ns_steps"])
         return g if self.fallback is None else self.fallback.apply(g, p, state, group, support)
 

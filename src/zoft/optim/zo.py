@@ -6,6 +6,7 @@
   zo-adam      Adam on g (torch.optim.Adam's rule, bias-corrected)
   jaguar-sign  coordinate-block g; m_S <- beta m_S + (1-beta) g_S;  x <- x - lr sign(m)
   jaguar-muon  the same momentum; 2-D: X <- X - lr NS(M), other tensors the sign rule at fallback_lr
+               (a group's orthogonalise=False sends its matrices to the fallback too)
   zo-muon      M <- momentum M + g (dense Gaussian g); 2-D: X <- X - lr NS(M), else SGD-momentum
                at fallback_lr (both Muon variants: fallback_lr defaults to lr)
   zo-sgd-cons  keep the best of x, x - lr g, x + lr g (2-3 more forward passes)
@@ -96,25 +97,34 @@ class _MatrixLR:
     size is set by the Newton-Schulz normalisation; ``fallback_lr`` (default: lr) moves the
     other tensors (norm gains, biases), whose fallback step is not normalised. Muon pairs the
     matrices with another optimizer at its own lr for the same reason (K. Jordan 2024). On full
-    fine-tuning a Muon-sized lr on the norm gains' ZO step diverges (docs/RESULTS.md, 7e)."""
+    fine-tuning a Muon-sized lr on the norm gains' ZO step diverges (docs/RESULTS.md, 7e).
+
+    A param group with ``orthogonalise: False`` sends its matrices to the fallback rule too
+    (Muon practice keeps the embeddings and the output head out of Newton-Schulz; seed 000
+    orthogonalises every 2-D tensor, the default). ``zoft train`` builds that group from
+    ``opt_options: {orthogonalise_embeddings: false}``."""
 
     def _group_defaults(self, **options):
-        extra = {**_ns_steps(options), "fallback_lr": options.pop("fallback_lr", None)}
+        extra = {**_ns_steps(options), "fallback_lr": options.pop("fallback_lr", None),
+                 "orthogonalise": options.pop("orthogonalise", True)}
         return {**super()._group_defaults(**options), **extra}
 
     def _check_group(self, group):
         super()._check_group(group)
         if group["fallback_lr"] is not None:
             check_range("fallback_lr", group["fallback_lr"], 0.0)
+        if not isinstance(group["orthogonalise"], bool):
+            raise ValueError(f"invalid orthogonalise {group['orthogonalise']!r}; must be true or false")
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        for group in self.param_groups:  # checkpoints saved before fallback_lr existed
+        for group in self.param_groups:  # checkpoints saved before these options existed
             group.setdefault("fallback_lr", None)
+            group.setdefault("orthogonalise", True)
 
     def _lr(self, p, group):
         fallback = group["fallback_lr"]
-        return group["lr"] if orthogonalised(p) or fallback is None else fallback
+        return group["lr"] if orthogonalised(p, group) or fallback is None else fallback
 
 
 class JaguarMuon(_MatrixLR, JaguarSign):

@@ -12,6 +12,9 @@ from typing import Any
 ZO_ONLY = ("eps", "q", "estimator", "perturbation", "rng")
 DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 """MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
+MUON_VARIANTS = ("zo-muon", "jaguar-muon")
+TRAINER_OPTIONS = ("orthogonalise_embeddings",)
+"""opt_options keys that shape the param groups instead of going to make_optimizer."""
 DEFAULT_FULL_RNG = "counter"
 """The noise engine of ZO full fine-tuning when rng is unset: regenerating the noise of every
 weight three times per step is where torch's serial CPU generator costs most (bench/step_overhead.py).
@@ -86,7 +89,21 @@ class TrainConfig:
                              f"needs it (optimizer {self.optimizer!r}, finetuner {self.finetuner!r})")
         if self.finetuner is not None:
             hp.update(finetuner=self.finetuner, base_model=self.model)
-        return {**hp, **self.opt_options}
+        return {**hp, **{k: v for k, v in self.opt_options.items() if k not in TRAINER_OPTIONS}}
+
+    def orthogonalise_embeddings(self) -> bool:
+        """opt_options' orthogonalise_embeddings: False puts the token embedding and output head
+        of a Muon variant in a group of their own that takes the fallback rule (Muon practice);
+        True (default) orthogonalises every trainable matrix, seed 000's rule."""
+        if "orthogonalise_embeddings" not in self.opt_options:
+            return True
+        value = self.opt_options["orthogonalise_embeddings"]
+        if not isinstance(value, bool):
+            raise ValueError(f"invalid orthogonalise_embeddings {value!r}; must be true or false")
+        if self.optimizer not in MUON_VARIANTS:
+            raise ValueError(f"orthogonalise_embeddings is an option of {' and '.join(MUON_VARIANTS)}, "
+                             f"not of {self.optimizer}")
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,6 +31,25 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, named: bool = 
             {"params": [p for p in params if ndim(p) < 2], "weight_decay": 0.0}]
 
 
+def embeddings_apart(model: torch.nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``groups`` with the token embedding and output head (one tensor when tied) moved into a
+    group of their own, with ``orthogonalise: False``: the Muon variants' fallback rule."""
+    modules = [getattr(model, f"get_{kind}_embeddings", lambda: None)() for kind in ("input", "output")]
+    ids = {id(m.weight) for m in modules if m is not None and isinstance(getattr(m, "weight", None), torch.Tensor)}
+    tensor = lambda entry: entry[1] if isinstance(entry, tuple) else entry
+    out, moved = [], False
+    for group in groups:
+        apart = [e for e in group["params"] if id(tensor(e)) in ids]
+        kept = [e for e in group["params"] if id(tensor(e)) not in ids]
+        out += [{**group, "params": kept}] if kept else []
+        out += [{**group, "params": apart, "orthogonalise": False}] if apart else []
+        moved = moved or bool(apart)
+    if not moved:
+        raise ValueError("orthogonalise_embeddings: false, but the token embedding and output head "
+                         "are not trainable here (a PEFT scheme freezes them); drop the option")
+    return out
+
+
 def check_resident(model: torch.nn.Module) -> None:
     """Refuse trainable tensors that a device map offloaded (meta placeholders): accelerate
     streams those in per forward, so an in-place perturbation or update would be lost."""
@@ -61,6 +80,7 @@ class Session:
         for note in splits.notes:
             log(f"note: {note}")
         master_weights = cfg.uses_master_weights()  # invalid combinations fail before loading
+        orthogonalise_embeddings = cfg.orthogonalise_embeddings()
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
         check_resident(model)
@@ -71,6 +91,8 @@ class Session:
             # torch's fused CPU attention kernels have no forward-mode AD (jvp): use eager attention
             model.set_attn_implementation("eager")
         groups = parameter_groups(model, cfg.weight_decay, named=cfg.optimizer == "zo-finetuner")
+        if not orthogonalise_embeddings:
+            groups = embeddings_apart(model, groups)
         masters = None
         if master_weights:
             masters = MasterWeights(model)
