@@ -179,7 +179,7 @@ def test_orthogonalise_embeddings_false_puts_the_tied_embedding_in_a_fallback_gr
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(optimizer="zo-sgd", peft="full"), "orthogonalise_embeddings is an option of zo-muon and jaguar-muon, not of zo-sgd"),
+    (dict(optimizer="zo-sgd", peft="full"), "orthogonalise_embeddings is an option of jaguar-muon and zo-muon, not of zo-sgd"),
     (dict(optimizer="zo-muon", peft="lora"), "the token embedding and output head are not trainable here"),
 ])
 def test_orthogonalise_embeddings_false_where_it_cannot_apply_is_an_error(tmp_path, kw, message):

@@ -12,7 +12,7 @@ from zoft.optim.base import ZOOptimizer
 from zoft.optim.fo import FOAdam, FOSGD
 from zoft.optim.forward_grad import ForwardGrad
 from zoft.optim.transforms import newton_schulz
-from zoft.optim.zo import (JaguarMuon, JaguarSign, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
+from zoft.optim.zo import (JaguarMuon, MatrixLR, JaguarSign, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
 from zoft.learned.optimizer import ZOFineTuner
 
@@ -47,10 +47,16 @@ def make_optimizer(name: str, params: Iterable, **hparams: Any) -> torch.optim.O
     return cls(params, **hparams)
 
 
+def muon_variants() -> list[str]:
+    """The optimizers whose param groups take ``fallback_lr`` and ``orthogonalise``, sorted."""
+    return [n for n in OPTIMIZERS.names() if issubclass(OPTIMIZERS.get(n), MatrixLR)]
+
+
 def is_zeroth_order(optimizer: torch.optim.Optimizer) -> bool:
     """True when the optimizer never calls backward (ForwardGrad uses forward-mode AD)."""
     return isinstance(optimizer, ZOOptimizer) and not isinstance(optimizer, ForwardGrad)
 
 
 __all__ = ["OPTIMIZERS", "ZOOptimizer", "is_zeroth_order", "list_optimizers", "make_optimizer",
+           "muon_variants",
            "newton_schulz"]

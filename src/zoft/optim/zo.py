@@ -92,7 +92,7 @@ class JaguarSign(ZOOptimizer):
         return {**super()._group_defaults(**options), **extra}
 
 
-class _MatrixLR:
+class MatrixLR:
     """The Muon variants' two learning rates: ``lr`` moves the 2-D tensors by lr NS(M), whose
     size is set by the Newton-Schulz normalisation; ``fallback_lr`` (default: lr) moves the
     other tensors (norm gains, biases), whose fallback step is not normalised. Muon pairs the
@@ -127,13 +127,13 @@ class _MatrixLR:
         return group["lr"] if orthogonalised(p, group) or fallback is None else fallback
 
 
-class JaguarMuon(_MatrixLR, JaguarSign):
+class JaguarMuon(MatrixLR, JaguarSign):
     """JAGUAR Muon: block momentum; Newton-Schulz step on 2-D tensors, sign elsewhere."""
 
     chain = (BlockMomentum(), Orthogonalize(fallback=Sign()))
 
 
-class ZOMuon(_MatrixLR, ZOOptimizer):
+class ZOMuon(MatrixLR, ZOOptimizer):
     """ZO-Muon (seed 000): M <- momentum M + g; X <- X - lr NewtonSchulz(M) on 2-D tensors."""
 
     chain = (HeavyBall(), Orthogonalize(fallback=None))

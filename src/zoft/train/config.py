@@ -12,7 +12,6 @@ from typing import Any
 ZO_ONLY = ("eps", "q", "estimator", "perturbation", "rng")
 DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 """MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
-MUON_VARIANTS = ("zo-muon", "jaguar-muon")
 TRAINER_OPTIONS = ("orthogonalise_embeddings",)
 """opt_options keys that shape the param groups instead of going to make_optimizer."""
 DEFAULT_FULL_RNG = "counter"
@@ -100,9 +99,6 @@ class TrainConfig:
         value = self.opt_options["orthogonalise_embeddings"]
         if not isinstance(value, bool):
             raise ValueError(f"invalid orthogonalise_embeddings {value!r}; must be true or false")
-        if self.optimizer not in MUON_VARIANTS:
-            raise ValueError(f"orthogonalise_embeddings is an option of {' and '.join(MUON_VARIANTS)}, "
-                             f"not of {self.optimizer}")
         return value
 
     def to_dict(self) -> dict[str, Any]:

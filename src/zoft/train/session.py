@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from zoft.models import load_model
-from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
+from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer, muon_variants
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
 from zoft.train.config import TrainConfig
@@ -36,11 +36,10 @@ def embeddings_apart(model: torch.nn.Module, groups: list[dict[str, Any]]) -> li
     group of their own, with ``orthogonalise: False``: the Muon variants' fallback rule."""
     modules = [getattr(model, f"get_{kind}_embeddings", lambda: None)() for kind in ("input", "output")]
     ids = {id(m.weight) for m in modules if m is not None and isinstance(getattr(m, "weight", None), torch.Tensor)}
-    tensor = lambda entry: entry[1] if isinstance(entry, tuple) else entry
     out, moved = [], False
-    for group in groups:
-        apart = [e for e in group["params"] if id(tensor(e)) in ids]
-        kept = [e for e in group["params"] if id(tensor(e)) not in ids]
+    for group in groups:  # plain tensors: only zo-finetuner's groups hold (name, tensor) pairs
+        apart = [p for p in group["params"] if id(p) in ids]
+        kept = [p for p in group["params"] if id(p) not in ids]
         out += [{**group, "params": kept}] if kept else []
         out += [{**group, "params": apart, "orthogonalise": False}] if apart else []
         moved = moved or bool(apart)
@@ -81,6 +80,9 @@ class Session:
             log(f"note: {note}")
         master_weights = cfg.uses_master_weights()  # invalid combinations fail before loading
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
+        if "orthogonalise_embeddings" in cfg.opt_options and cfg.optimizer not in muon_variants():
+            raise ValueError(f"orthogonalise_embeddings is an option of {' and '.join(muon_variants())}, "
+                             f"not of {cfg.optimizer}")
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
         check_resident(model)
