@@ -12,7 +12,7 @@ from zoft.optim.base import ZOOptimizer
 from zoft.optim.fo import FOAdam, FOSGD
 from zoft.optim.forward_grad import ForwardGrad
 from zoft.optim.transforms import newton_schulz
-from zoft.optim.zo import (JaguarMuon, MatrixLR, JaguarSign, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
+from zoft.optim.zo import (JaguarMuon, JaguarSign, MatrixLR, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
 from zoft.learned.optimizer import ZOFineTuner
 

@@ -93,12 +93,17 @@ class TrainConfig:
     def orthogonalise_embeddings(self) -> bool:
         """opt_options' orthogonalise_embeddings: False puts the token embedding and output head
         of a Muon variant in a group of their own that takes the fallback rule (Muon practice);
-        True (default) orthogonalises every trainable matrix, seed 000's rule."""
+        True (default) orthogonalises every trainable matrix, seed 000's rule. Setting it for
+        another optimizer is an error."""
         if "orthogonalise_embeddings" not in self.opt_options:
             return True
         value = self.opt_options["orthogonalise_embeddings"]
         if not isinstance(value, bool):
             raise ValueError(f"invalid orthogonalise_embeddings {value!r}; must be true or false")
+        from zoft.optim import muon_variants  # here, not at the top: this module does not import torch
+        if self.optimizer not in (variants := muon_variants()):
+            raise ValueError(f"orthogonalise_embeddings is an option of {' and '.join(variants)}, "
+                             f"not of {self.optimizer}")
         return value
 
     def to_dict(self) -> dict[str, Any]:

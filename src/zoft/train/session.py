@@ -10,7 +10,7 @@ import torch
 from tqdm import tqdm
 
 from zoft.models import load_model
-from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer, muon_variants
+from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
 from zoft.train.config import TrainConfig
@@ -80,9 +80,6 @@ class Session:
             log(f"note: {note}")
         master_weights = cfg.uses_master_weights()  # invalid combinations fail before loading
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
-        if "orthogonalise_embeddings" in cfg.opt_options and cfg.optimizer not in muon_variants():
-            raise ValueError(f"orthogonalise_embeddings is an option of {' and '.join(muon_variants())}, "
-                             f"not of {cfg.optimizer}")
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
         check_resident(model)
