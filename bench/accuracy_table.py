@@ -6,11 +6,17 @@ test accuracy and dev loss minus the zero-shot cell of the same seed (a seed sam
 and test examples), final training loss and peak memory. Markdown on stdout.
 
     python bench/accuracy_table.py docs/results/accuracy_lora
+    python bench/accuracy_table.py docs/results/accuracy_full --cells copa   # one row per cell
+
+--cells TASK prints every finished cell of that task instead: dev accuracy and loss, test
+accuracy and loss (summary.json's test_metrics) and the training loss over the first and the
+last WINDOW logged steps, and its maximum (metrics.jsonl).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -51,10 +57,32 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+WINDOW = 10
+
+
+def cells(out: Path, task: str) -> str:
+    lines = [f"| cell | optimizer | lr | dev acc. | dev loss | test acc. | test loss | training loss, first {WINDOW} "
+             f"steps | last {WINDOW} | max |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [r for r in load_rows(out) if r["task"] == task and r["status"] == "finished"]
+    for r in sorted(rows, key=lambda r: (r["peft"], r["optimizer"] != ZERO_SHOT, r["optimizer"], seed_of(r), r.get("lr") or 0)):
+        cell = out / "cells" / r["key"]
+        test_loss = json.loads((cell / "summary.json").read_text()).get("test_metrics", {}).get("loss")
+        train = [row["loss"] for row in map(json.loads, (cell / "metrics.jsonl").read_text().splitlines())
+                 if "loss" in row]
+        f = lambda v: "" if v is None else f"{v:.4g}"
+        first, last = (statistics.mean(w) if w else None for w in (train[:WINDOW], train[-WINDOW:]))
+        lines.append(f"| {r['key']} | {r['optimizer']} | {r.get('lr') or ''} | {f(r['best_dev_metric'])} | "
+                     f"{f(r['dev_loss'])} | {f(r['test_metric'])} | {f(test_loss)} | {f(first)} | {f(last)} | "
+                     f"{f(max(train) if train else None)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="a folder written by zoft bench (cells/*)")
-    print(table(parser.parse_args().out))
+    parser.add_argument("--cells", metavar="TASK", help="one row per finished cell of TASK instead")
+    args = parser.parse_args()
+    print(cells(args.out, args.cells) if args.cells else table(args.out))
 
 
 if __name__ == "__main__":
