@@ -36,6 +36,8 @@ FLAGS: list[tuple[str, type, str]] = [
     ("weight-decay", float, "weight decay (never on biases and norms)"),
     ("finetuner", str, "zo-finetuner's learned file, written by zoft learn-finetuner"),
     ("steps", int, "optimizer steps (at most)"),
+    ("lr-schedule", str, "constant | linear | cosine: the lr over --steps (decays to 0 at the last step)"),
+    ("warmup-steps", int, "linear lr warmup over the first N steps"),
     ("forward-budget", int, "stop once this many training forward passes are spent (0: no limit)"),
     ("batch-size", int, "examples per micro-batch"),
     ("grad-accum", int, "micro-batches per step (ZO: all at the same perturbation)"),

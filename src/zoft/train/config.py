@@ -50,6 +50,8 @@ class TrainConfig:
     finetuner: str | None = None  # zo-finetuner's learned file (zoft learn-finetuner)
     # loop
     steps: int = 200
+    lr_schedule: str = "constant"  # constant | linear | cosine (zoft.optim.schedule), over `steps`
+    warmup_steps: int = 0
     forward_budget: int = 0  # stop once this many training forward passes are spent (0: no limit)
     batch_size: int = 16
     grad_accum: int = 1

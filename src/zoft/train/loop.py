@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from zoft.core import NonFiniteLossError
 from zoft.distributed import Comm, from_env
+from zoft.optim.schedule import check_schedule, lr_factor, set_lr_factor
 from zoft.train import checkpoint
 from zoft.train.config import TrainConfig
 from zoft.train.data import micro_batch
@@ -33,6 +34,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
 def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
     if comm.world > 1:
         check_data_parallel(cfg, comm.world)
+    check_schedule(cfg.lr_schedule, cfg.warmup_steps, cfg.steps)
     files = RunFiles(Path(cfg.out), cfg, resume, active=comm.main, processes=comm.world)
     s = Session.build(cfg, log=files.log)
     if not s.closure_driven:
@@ -61,6 +63,7 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
             batches = [s.batch(comm.shard(micro_batch(s.splits.train, step * cfg.grad_accum + k,
                                                       cfg.batch_size, cfg.seed)))
                        for k in range(cfg.grad_accum)]
+            set_lr_factor(s.optimizer, lr_factor(cfg.lr_schedule, step, cfg.steps, cfg.warmup_steps))
             meter.counting = True
             meter.start()
             try:
