@@ -65,3 +65,23 @@ def test_cli_rejects_an_unknown_schedule(tmp_path, capsys):
 
     code = main(["train", "--model", "tiny-llama", "--lr-schedule", "steps", "--out", str(tmp_path / "r")])
     assert code != 0 and "unknown lr schedule 'steps'" in capsys.readouterr().err
+
+
+def test_a_bare_train_command_takes_the_first_run_preset_and_flags_do_not():
+    from zoft.cli import FIRST_RUN, build_parser, config_from_args
+
+    bare = config_from_args(build_parser().parse_args(["train", "--out", "runs/x"]))
+    assert {k: getattr(bare, k) for k in FIRST_RUN} == FIRST_RUN and bare.out == "runs/x"
+    flagged = config_from_args(build_parser().parse_args(["train", "--lr", "1e-4"]))
+    assert flagged.dtype == "fp32" and flagged.lr_schedule == "constant" and not flagged.eval_zero_shot
+
+
+def test_zero_shot_is_scored_first_and_is_the_first_best_dev_candidate(tmp_path):
+    summary = train(config(tmp_path, steps=2, eval_every=2, eval_zero_shot=True))
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dev = [r for r in rows if "dev_accuracy" in r]
+    assert [r["step"] for r in dev] == [0, 2]
+    assert summary["zero_shot"]["dev_metric"] == dev[0]["dev_accuracy"]
+    assert summary["best_dev_metric"] == max(r["dev_accuracy"] for r in dev)
+    assert 0.0 <= summary["zero_shot"]["test_metric"] <= 1.0
+    assert "zero-shot -> trained" in (tmp_path / "run" / "train.log").read_text()

@@ -49,6 +49,13 @@ FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
+FIRST_RUN = {"dtype": "bf16", "lr": 3e-3, "lr_schedule": "linear", "steps": 200, "eval_every": 50,
+             "eval_zero_shot": True}
+"""What a bare ``zoft train`` (no flags but --out, no --config) adds to TrainConfig's defaults: ZO-SGD with
+LoRA on SmolLM2-135M and sentiment-demo at the lr and schedule the demo pilot chose, scoring
+zero-shot first so that the last line shows what training gained (docs/RESULTS.md section 8)."""
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -68,6 +75,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peft-opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="PEFT options, e.g. --peft-opt lora_r=16")
     p.add_argument("--tensorboard", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--eval-zero-shot", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="score dev and test before the first step; the last line compares them")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="fp32 master copies of bf16/fp16 trainable tensors (ZO; default: on for "
                         "PEFT in bf16/fp16, off for full fine-tuning)")
@@ -75,7 +84,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    for name, _, _ in FLAGS + [("tensorboard", bool, ""), ("master-weights", bool, "")]:
+    switches = [("tensorboard", bool, ""), ("master-weights", bool, ""), ("eval-zero-shot", bool, "")]
+    given = [n for n, _, _ in FLAGS + switches if n != "out" and hasattr(args, n.replace("-", "_"))]
+    if getattr(args, "command", None) == "train" and not (args.config or args.opt or args.peft_opt or given):
+        print("zoft: no settings given: the first-run preset " + " ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in FIRST_RUN.items()),
+            file=sys.stderr)
+        values = dict(FIRST_RUN)
+    for name, _, _ in FLAGS + switches:
         key = name.replace("-", "_")
         if hasattr(args, key):
             values[key] = getattr(args, key)

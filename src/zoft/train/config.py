@@ -56,6 +56,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     eval_every: int = 0
+    eval_zero_shot: bool = False  # score dev and test before the first step (best-dev candidate)
     save_every: int = 100
     log_every: int = 1
     seed: int = 0

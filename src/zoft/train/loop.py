@@ -49,13 +49,15 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
     save = lambda: comm.main and checkpoint.save(files.dir, state["step"], s.model, s.optimizer, {
         "forward_passes": meter.forward_passes, "wall_time_s": meter.elapsed, "seed": cfg.seed,
         "data_order": "zoft.train.data.micro_batch(seed, step * grad_accum + k)",
-        "best_dev": state["best_dev"]}, state=s.trainable_state())
+        "best_dev": state["best_dev"], "zero_shot": state.get("zero_shot")}, state=s.trainable_state())
     spent = lambda: cfg.forward_budget > 0 and meter.forward_passes >= cfg.forward_budget
     # a forward budget usually ends the run long before cfg.steps: show progress against it
     by_budget = cfg.forward_budget > 0
     bar = tqdm(total=cfg.forward_budget if by_budget else cfg.steps,
                initial=meter.forward_passes if by_budget else state["step"],
                desc=f"{cfg.optimizer} {cfg.task}", unit="fwd" if by_budget else "step", disable=not comm.main)
+    if cfg.eval_zero_shot and state["step"] == 0 and not resume:
+        state["zero_shot"] = score_zero_shot(s, files, state, comm)
     stop = False
     with deferred_interrupt() as interrupted:
         while state["step"] < cfg.steps and not spent() and not (stop := comm.any(interrupted())):
@@ -131,6 +133,17 @@ def take_step(s: Session, batches, comm: Comm = Comm()) -> float:
         total += value / len(batches)
     s.optimizer.step()
     return total
+
+
+def score_zero_shot(s: Session, files: RunFiles, state: dict, comm: Comm = Comm()) -> dict:
+    """Dev and test of the untrained model, the baseline that the end of the run is read
+    against; the dev score is the first best-dev candidate (if no step beats it, the
+    untrained weights are the ones kept)."""
+    state["best_dev"] = evaluate_dev(s, files, state, comm)
+    test = s.evaluate(s.splits.test)
+    name = s.task.metric_name
+    files.log(f"zero-shot: {name} on dev {state['best_dev']}, on test {test.get(name)}")
+    return {"dev_metric": state["best_dev"], "test_metric": test.get(name)}
 
 
 def evaluate_dev(s: Session, files: RunFiles, state: dict, comm: Comm = Comm()) -> float | None:

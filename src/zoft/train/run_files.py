@@ -105,8 +105,19 @@ class RunFiles:
             wall_time_s=round(meter.elapsed, 3), peak_memory_bytes=meter.peak_memory(),
             trainable_params=trainable, total_params=total, best_dev_metric=state["best_dev"],
             test_metric=test.get(metric_name), metric_name=metric_name, test_metrics=test,
-            device=session.device)
-        self.log(f"done: {metric_name} on test {summary['test_metric']}; files in {self.dir}")
+            device=session.device, **({"zero_shot": state["zero_shot"]} if state.get("zero_shot") else {}))
+        self.log(f"done: {outcome(summary)}; files in {self.dir}")
         if self.writer is not None:
             self.writer.close()
         return summary
+
+
+def outcome(summary: dict) -> str:
+    """The run's result in one line: test (and best dev), beside zero-shot where it was scored."""
+    name, zero = summary["metric_name"], summary.get("zero_shot")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+    dev = summary.get("best_dev_metric")
+    if zero:
+        return (f"{name} zero-shot -> trained: test {fmt(zero['test_metric'])} -> {fmt(summary['test_metric'])}, "
+                f"dev {fmt(zero['dev_metric'])} -> {fmt(dev)} (best dev weights)")
+    return f"{name} on test {fmt(summary['test_metric'])}" + (f", best dev {fmt(dev)}" if dev is not None else "")
