@@ -53,7 +53,7 @@ FIRST_RUN = {"dtype": "bf16", "lr": 3e-3, "lr_schedule": "linear", "steps": 200,
              "eval_zero_shot": True}
 """What a bare ``zoft train`` (no flags but --out, no --config) adds to TrainConfig's defaults: ZO-SGD with
 LoRA on SmolLM2-135M and sentiment-demo at the lr and schedule the demo pilot chose, scoring
-zero-shot first so that the last line shows what training gained (docs/RESULTS.md section 8)."""
+zero-shot first so that the last line shows what training gained (docs/RESULTS.md section 13)."""
 
 
 def _key_value(text: str) -> tuple[str, Any]:
