@@ -24,6 +24,12 @@ def test_factors_warm_up_then_decay_to_zero():
     assert lr_factor("cosine", 2, 8) == pytest.approx((1 + math.cos(math.pi / 4)) / 2)
 
 
+def test_a_decaying_schedule_accepts_zero_steps_as_a_zero_shot_cell_runs():
+    from zoft.optim.schedule import check_schedule
+
+    check_schedule("linear", 0, 0)  # no step runs, so no lr is used
+
+
 @pytest.mark.parametrize("name, warmup, total, match", [
     ("step", 0, 10, "unknown lr schedule 'step'"), ("linear", 10, 10, "below steps"),
     ("cosine", -1, 10, "warmup_steps"),

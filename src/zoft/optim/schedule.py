@@ -28,7 +28,7 @@ def check_schedule(name: str, warmup_steps: int, total_steps: int) -> None:
         raise ValueError(f"unknown lr schedule {name!r}; choose from {', '.join(SCHEDULES)}")
     if not isinstance(warmup_steps, int) or warmup_steps < 0:
         raise ValueError(f"invalid warmup_steps {warmup_steps!r}; must be an integer >= 0")
-    if name != "constant" and warmup_steps >= total_steps:
+    if name != "constant" and 0 < total_steps <= warmup_steps:  # steps 0 (zero-shot cells): no lr is used
         raise ValueError(f"warmup_steps {warmup_steps} must be below steps {total_steps} for the "
                          f"{name} schedule (it decays over the steps after warmup)")
 

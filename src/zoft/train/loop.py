@@ -140,7 +140,7 @@ def score_zero_shot(s: Session, files: RunFiles, state: dict, comm: Comm = Comm(
     against; the dev score is the first best-dev candidate (if no step beats it, the
     untrained weights are the ones kept)."""
     state["best_dev"] = evaluate_dev(s, files, state, comm)
-    test = s.evaluate(s.splits.test)
+    test = s.evaluate(s.splits.test) if comm.main else {}  # rank 0 writes it, as finish() scores test
     name = s.task.metric_name
     files.log(f"zero-shot: {name} on dev {state['best_dev']}, on test {test.get(name)}")
     return {"dev_metric": state["best_dev"], "test_metric": test.get(name)}
