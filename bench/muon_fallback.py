@@ -38,7 +38,7 @@ from zoft.train.session import Session
 
 def losses(args: argparse.Namespace, fallback_lr: float) -> tuple[list[float], int]:
     """Training loss per step, and the number of entries in the non-matrix tensors."""
-    cfg = TrainConfig(model=args.model, task=args.task, peft="full", optimizer="zo-sgd-mmt", lr=fallback_lr,
+    cfg = TrainConfig(model=args.model, task=args.task, peft="full", dtype="fp32", optimizer="zo-sgd-mmt", lr=fallback_lr,
                       batch_size=8, train_size=1000, dev_size=100, test_size=300, max_length=128, seed=0)
     s = Session.build(cfg)
     params = [p for p in s.model.parameters() if p.requires_grad]

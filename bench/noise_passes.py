@@ -81,7 +81,7 @@ def steps(args) -> list[dict]:
 
     rows = []
     for perturbation in ("gaussian", "rademacher"):
-        cfg = TrainConfig(model=args.model, task="sentiment-demo", peft="full", optimizer="zo-sgd", lr=1e-7,
+        cfg = TrainConfig(model=args.model, task="sentiment-demo", peft="full", dtype="fp32", optimizer="zo-sgd", lr=1e-7,
                           rng="counter", perturbation=perturbation, batch_size=32, max_length=32,
                           train_size=32, dev_size=0, test_size=0)
         row = {**measure(cfg, args.step_repeats), "perturbation": perturbation}

@@ -197,7 +197,7 @@ def main() -> None:
         for name in args.optimizers:
             zo = name != MEZO and not name.startswith("fo-")  # every other optimizer draws ZO noise
             for rng in (args.rngs if zo else ["-"]):
-                cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme,
+                cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme, dtype="fp32",
                                   optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
                                   eps=DEFAULT_EPS[scheme] if name == MEZO else None,
                                   rng=rng.removesuffix("-compiled") if zo else None,

@@ -79,7 +79,7 @@ def test_a_bare_train_command_takes_the_first_run_preset_and_flags_do_not():
     bare = config_from_args(build_parser().parse_args(["train", "--out", "runs/x"]))
     assert {k: getattr(bare, k) for k in FIRST_RUN} == FIRST_RUN and bare.out == "runs/x"
     flagged = config_from_args(build_parser().parse_args(["train", "--lr", "1e-4"]))
-    assert flagged.dtype == "fp32" and flagged.lr_schedule == "constant" and not flagged.eval_zero_shot
+    assert flagged.lr_schedule == "constant" and flagged.steps == 200 and not flagged.eval_zero_shot
 
 
 def test_zero_shot_is_scored_first_and_is_the_first_best_dev_candidate(tmp_path):

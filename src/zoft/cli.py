@@ -15,7 +15,7 @@ from zoft.train.config import TrainConfig, read_config_file
 
 FLAGS: list[tuple[str, type, str]] = [
     ("model", str, "hub id, local folder or alias (zoft list)"),
-    ("dtype", str, "fp32 | bf16 | fp16"),
+    ("dtype", str, "auto (default: bf16 compute for ZO where the CPU/GPU has native bf16, else fp32) | fp32 | bf16 | fp16 | amp-bf16 (fp32 weights, bf16 autocast)"),
     ("device", str, "auto | cpu | cuda"),
     ("device-map", str, "accelerate placement across devices, e.g. auto (models larger than one device; ZO needs forwards only)"),
     ("task", str, "task name (zoft list)"),
@@ -49,7 +49,7 @@ FLAGS: list[tuple[str, type, str]] = [
 ]
 
 
-FIRST_RUN = {"dtype": "bf16", "lr": 3e-3, "lr_schedule": "linear", "steps": 200, "eval_every": 50,
+FIRST_RUN = {"lr": 3e-3, "lr_schedule": "linear", "steps": 200, "eval_every": 50,
              "eval_zero_shot": True}
 """What a bare ``zoft train`` (no flags but --out, no --config) adds to TrainConfig's defaults: ZO-SGD with
 LoRA on SmolLM2-135M and sentiment-demo at the lr and schedule the demo pilot chose, scoring

@@ -250,7 +250,7 @@ def _check_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def _check_device(device: str) -> str:
+def resolve_device(device: str) -> str:
     """Resolve ``auto`` to cuda when available; refuse unknown names and missing CUDA."""
     if device not in DEVICES:
         raise ValueError(f"invalid device {device!r}; allowed: {', '.join(DEVICES)}")
@@ -322,7 +322,7 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
     Raises ValueError for an unknown dtype or device, a folder without ``config.json``, or a
     name that is neither an alias, a folder nor a plausible hub id.
     """
-    torch_dtype, device = _check_dtype(dtype), _check_device(device)
+    torch_dtype, device = _check_dtype(dtype), resolve_device(device)
     if name in TINY_CONFIGS:
         model, tokenizer = _tiny_model(name, torch_dtype)
         model = _dispatch(model, device_map) if device_map is not None else model.to(device)
@@ -340,5 +340,5 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
     return model.eval(), tokenizer
 
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "byte_tokenizer", "cache_dir",
+__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "byte_tokenizer", "cache_dir", "resolve_device",
            "list_model_aliases", "load_model", "seeded"]

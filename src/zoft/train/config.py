@@ -24,7 +24,7 @@ Other schemes perturb few entries and keep torch's generator (no compile step)."
 class TrainConfig:
     # model and data
     model: str = "smollm2-135m"
-    dtype: str = "fp32"
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 | amp-bf16 (zoft.train.precision)
     device: str = "auto"
     task: str = "sentiment-demo"
     data_dir: str | None = None
@@ -66,14 +66,21 @@ class TrainConfig:
     device_map: str | None = None  # accelerate big-model placement, e.g. "auto" (forward-only ZO)
     master_weights: bool | None = None  # fp32 masters of bf16/fp16 trainable tensors (ZO only)
 
+    def backprop(self) -> bool:
+        """Whether the optimizer differentiates the model (FO baselines, forward-grad)."""
+        return self.optimizer.startswith("fo-") or self.optimizer == "forward-grad"
+
     def uses_master_weights(self) -> bool:
-        """Explicit setting, else on for ZO PEFT in bf16/fp16 (cheap), off for full fine-tuning."""
-        backprop = self.optimizer.startswith("fo-") or self.optimizer == "forward-grad"
+        """Explicit setting, else on for ZO PEFT with bf16/fp16 weights (cheap), off for full
+        fine-tuning. ``dtype`` must be concrete (not ``auto``): zoft.train.precision resolves it."""
+        backprop = self.backprop()
         if self.master_weights and backprop:
             raise ValueError(f"master_weights is for ZO optimizers; {self.optimizer} computes "
                              "gradients of the model's own tensors")
         if self.master_weights is None:
-            return not backprop and self.peft != "full" and self.dtype != "fp32"
+            if self.dtype == "auto":
+                raise ValueError("dtype 'auto' is resolved before the run is built (zoft.train.session.resolve_precision)")
+            return not backprop and self.peft != "full" and self.dtype in ("bf16", "fp16")
         return bool(self.master_weights)
 
     def optimizer_hparams(self) -> dict[str, Any]:

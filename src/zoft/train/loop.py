@@ -19,7 +19,7 @@ from zoft.train.config import TrainConfig
 from zoft.train.data import micro_batch
 from zoft.train.metering import Meter
 from zoft.train.run_files import RunFiles
-from zoft.train.session import Session
+from zoft.train.session import Session, resolve_precision
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
@@ -35,7 +35,11 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
     if comm.world > 1:
         check_data_parallel(cfg, comm.world)
     check_schedule(cfg.lr_schedule, cfg.warmup_steps, cfg.steps)
+    notes: list[str] = []
+    cfg = resolve_precision(cfg, log=notes.append)  # config.json records the concrete dtype
     files = RunFiles(Path(cfg.out), cfg, resume, active=comm.main, processes=comm.world)
+    for note in notes:
+        files.log(note)
     s = Session.build(cfg, log=files.log)
     if not s.closure_driven:
         s.objective.runner = comm.wrap_for_backprop(s.model)

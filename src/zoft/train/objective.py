@@ -13,7 +13,7 @@ so a 49k-word vocabulary is projected for a few tokens per sequence, not for all
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -131,8 +131,10 @@ def scored_positions(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Ten
 class Objective:
     """Loss and predictions of one task on one model (``offset``: prompt-tuning tokens)."""
 
-    def __init__(self, model: torch.nn.Module, generation: bool = False, offset: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, generation: bool = False, offset: int = 0,
+                 autocast: torch.dtype | None = None) -> None:
         self.model = model
+        self.autocast = autocast  # matmuls in this dtype over fp32 weights (dtype amp-bf16)
         self.runner = model  # what is called: the model, or a DistributedDataParallel around it
         self.generation = generation
         self.offset = offset
@@ -141,11 +143,17 @@ class Objective:
         """(N,) log p(target) at every scored position, computed in float32. ``module``: what
         to call (default: the runner; evaluation calls the bare model, since a
         DistributedDataParallel forward is a collective that every rank must join)."""
-        with scored_positions(self.model, batch.rows, batch.cols + self.offset):
+        with scored_positions(self.model, batch.rows, batch.cols + self.offset), self.compute():
             logits = (module or self.runner)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                 use_cache=False).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(1, batch.targets[:, None])[:, 0]
+
+    def compute(self):
+        """The forward's autocast context (a no-op unless ``autocast`` is set)."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.autocast)
 
     def sequence_scores(self, batch: Batch, module: torch.nn.Module | None = None) -> torch.Tensor:
         """(C,) mean log-prob of each candidate's tokens (length-normalised)."""

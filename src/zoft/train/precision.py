@@ -13,6 +13,15 @@ Cost: 4 bytes per low-precision trainable parameter and one copy per changed ten
 forward. For PEFT (prefix, prompt) that is a few MB; for full fine-tuning it doubles a bf16
 model's weight memory (still well under backprop's gradients and Adam states), so it is opt-in
 there. LoRA adapters are fp32 already (peft keeps adapters in fp32 on a bf16 base).
+
+Precision of a run (``TrainConfig.dtype``): ``fp32``, ``bf16`` or ``fp16`` weights, or
+``amp-bf16`` (fp32 weights, matmuls under bf16 autocast). ``auto`` (the default) picks bf16
+compute where bf16 matmuls run natively (a CPU with AVX512-BF16 or AMX, a CUDA device with
+bf16) for zeroth-order training: bf16 weights for PEFT (the frozen base is halved; adapters or
+fp32 masters stay exact) and amp-bf16 for full fine-tuning (fp32 weights, so perturbations and
+updates stay exact without a second copy). Backprop baselines and machines without native bf16
+stay in fp32. The loss is computed in fp32 in every mode (Objective.token_logprobs), so the
+finite difference f(x + eps u) - f(x - eps u) is a difference of fp32 numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +33,52 @@ import torch
 from safetensors.torch import load_file
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16", "amp-bf16")
+WEIGHTS = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "amp-bf16": "fp32"}
+"""The dtype the model's weights are loaded in, per concrete precision."""
+COMPUTE = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "amp-bf16": "bf16"}
+"""The dtype the matmuls run in, per concrete precision."""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, stay in fp32
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def native_bf16(device: str) -> str | None:
+    """Why bf16 matmuls run natively on ``device`` ("cpu" | "cuda"), or None when they do not."""
+    if device == "cuda":
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+        return f"{torch.cuda.get_device_name()} supports bf16" if ok else None
+    if device == "cpu":
+        found = [name for flag, name in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
+                 if flag in _cpu_flags()]
+        return f"the CPU has {' and '.join(found)}" if found else None
+    return None
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"invalid dtype {dtype!r}; allowed: {', '.join(DTYPE_CHOICES)}")
+    return dtype
+
+
+def resolve_dtype(dtype: str, device: str, backprop: bool, full: bool) -> tuple[str, str]:
+    """(concrete precision, why) for a run's ``dtype`` on ``device`` ("cpu" | "cuda").
+    ``backprop``: the optimizer differentiates (FO baselines, forward-grad); ``full``: full
+    fine-tuning. Only ``auto`` is resolved; a concrete choice is returned as given."""
+    if check_dtype(dtype) != "auto":
+        return dtype, "as configured"
+    if backprop:
+        return "fp32", "auto: fp32 for an optimizer that differentiates"
+    reason = native_bf16(device)
+    if reason is None:
+        return "fp32", f"auto: no native bf16 on {device}"
+    return ("amp-bf16" if full else "bf16"), f"auto: {reason}"
 
 
 class MasterWeights:

@@ -10,6 +10,7 @@ import torch
 from tqdm import tqdm
 
 from zoft.train import checkpoint
+from zoft.train.precision import COMPUTE
 from zoft.train.config import TrainConfig
 
 
@@ -80,7 +81,8 @@ class RunFiles:
 
     def summary(self, **fields) -> dict:
         summary = {"model": self.cfg.model, "task": self.cfg.task, "peft": self.cfg.peft,
-                   "optimizer": self.cfg.optimizer, "processes": self.processes, **fields,
+                   "optimizer": self.cfg.optimizer, "processes": self.processes,
+                   "dtype": self.cfg.dtype, "compute_dtype": COMPUTE.get(self.cfg.dtype, self.cfg.dtype), **fields,
                    "machine": {"platform": platform.platform(), "torch": torch.__version__,
                                "device": str(fields.get("device", ""))}}
         if self.active:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -9,14 +10,14 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from zoft.models import load_model
+from zoft.models import resolve_device, load_model
 from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
 from zoft.train.config import TrainConfig
 from zoft.train import checkpoint
 from zoft.train.objective import Objective, collate, greedy_answers
-from zoft.train.precision import MasterWeights
+from zoft.train.precision import WEIGHTS, MasterWeights, check_dtype, resolve_dtype
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float, named: bool = False) -> list[dict[str, Any]]:
@@ -49,6 +50,17 @@ def embeddings_apart(model: torch.nn.Module, groups: list[dict[str, Any]]) -> li
     return out
 
 
+def resolve_precision(cfg: TrainConfig, log=lambda m: None) -> TrainConfig:
+    """``cfg`` with a concrete dtype (``auto`` resolved for this machine and optimizer, and
+    logged); train() resolves before config.json is written, so a resumed run keeps it."""
+    if check_dtype(cfg.dtype) != "auto":
+        return cfg
+    device = "cuda" if cfg.device_map is not None and torch.cuda.is_available() else resolve_device(cfg.device)
+    dtype, why = resolve_dtype(cfg.dtype, device, cfg.backprop(), cfg.peft == "full")
+    log(f"precision: {dtype} ({why}; --dtype fp32 turns it off)")
+    return dataclasses.replace(cfg, dtype=dtype)
+
+
 def check_resident(model: torch.nn.Module) -> None:
     """Refuse trainable tensors that a device map offloaded (meta placeholders): accelerate
     streams those in per forward, so an in-place perturbation or update would be lost."""
@@ -74,13 +86,14 @@ class Session:
     @classmethod
     def build(cls, cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> "Session":
         OPTIMIZERS.get(cfg.optimizer)  # unknown names fail before the model loads
+        cfg = resolve_precision(cfg, log)
         task = get_task(cfg.task)
         splits = load_splits(cfg.task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         for note in splits.notes:
             log(f"note: {note}")
         master_weights = cfg.uses_master_weights()  # invalid combinations fail before loading
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+        model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
         check_resident(model)
         model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
@@ -99,8 +112,9 @@ class Session:
             log(f"master weights: fp32 copies of {len(masters)} low-precision trainable tensors")
         optimizer = make_optimizer(cfg.optimizer, groups, **hp)
         generation = task.kind == "generation"
-        objective = Objective(model, generation=generation, offset=position_offset(model))
         device = next(model.parameters()).device
+        autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
+        objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast)
         return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters)
 
     @property
@@ -126,8 +140,9 @@ class Session:
         if not examples:
             return {}
         if self.task.kind == "generation":
-            preds = greedy_answers(self.model, self.tokenizer, [e.prompt for e in examples],
-                                   self.cfg.max_new_tokens, self.cfg.max_length)
+            with self.objective.compute():
+                preds = greedy_answers(self.model, self.tokenizer, [e.prompt for e in examples],
+                                       self.cfg.max_new_tokens, self.cfg.max_length)
             return self.task.score(examples, preds)
         preds, loss_sum, step = [], 0.0, self.cfg.batch_size
         for i in tqdm(range(0, len(examples), step), desc="evaluate", unit="batch", leave=False):
