@@ -14,6 +14,8 @@ every mode), medians over rounds:
   stacked    bf16, the batch repeated twice in one forward (2B rows): the best case of
              evaluating the + and - points of a PEFT step in one batched forward (the frozen
              base read once); reported as its time over two single bf16 forwards
+  bf16+buckets  bf16, the rows run in length buckets (zoft's default, bucket_positions 64)
+             instead of one batch padded to its longest row; every other mode runs unbucketed
 
 FLOP rate: 2 x (matmul weights of the decoder layers) x (padded tokens) + attention
 (4 x layers x rows x T^2 x hidden) + the LM head at the scored positions, over the median
@@ -22,7 +24,8 @@ time. The peak it is compared with is measured here, as the rate of a large squa
 which the theoretical figure (cores x clock x FLOPs per cycle) is also printed beside.
 
 ZO-SGD steps: the full training step (zoft.train.loop.take_step) of zo-sgd with full
-fine-tuning and LoRA in fp32, bf16 and amp-bf16, each step timed against an fp32 eager
+fine-tuning and LoRA in fp32, bf16 and amp-bf16 (unbucketed), and what dtype auto runs
+with buckets (LoRA bf16+buckets, full amp-bf16+buckets), each step timed against an fp32 eager
 forward of the same scheme measured just before it (steps in fp32-forward units).
 
 Threads and allocator (--probes): the bf16 forward in subprocesses under different
@@ -52,7 +55,7 @@ from pathlib import Path
 import torch
 
 from zoft.tasks import load_splits
-from zoft.train.config import TrainConfig
+from zoft.train.config import DEFAULT_BUCKET_POSITIONS, TrainConfig
 from zoft.train.data import micro_batch
 from zoft.train.loop import take_step
 from zoft.train.metering import synchronize
@@ -79,10 +82,11 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def session(model: str, peft: str, dtype: str, task: str, data_dir: str | None, max_length: int) -> Session:
+def session(model: str, peft: str, dtype: str, task: str, data_dir: str | None, max_length: int,
+            buckets: int = 0) -> Session:
     cfg = TrainConfig(model=model, task=task, data_dir=data_dir, peft=peft, dtype=dtype, optimizer="zo-sgd",
                       lr=1e-6 if peft == "full" else 1e-4, train_size=64, dev_size=1, test_size=1,
-                      max_length=max_length, batch_size=16)
+                      max_length=max_length, batch_size=16, bucket_positions=buckets)
     return Session.build(cfg, log=lambda m: None)
 
 
@@ -141,6 +145,7 @@ def forward_rows(args, sessions: dict, batches: dict) -> list[dict]:
                "amp-bf16": lambda s=sessions["amp-bf16"], b=batch: s.objective.loss(b)}
         double = stacked(batch)
         fns["stacked"] = lambda s=sessions["bf16"], b=double: s.objective.loss(b)
+        fns["bf16+buckets"] = lambda s=sessions["bf16+buckets"], b=batch: s.objective.loss(b)
         compile_s = None
         if args.compile:
             s = sessions["compiled"]
@@ -299,6 +304,8 @@ def main() -> None:
     for work in args.workloads:
         task, n, max_length = WORKLOADS[work]
         sessions = {m: session(args.model, "full", m, task, args.data_dir, max_length) for m in ("fp32", "bf16", "amp-bf16")}
+        sessions["bf16+buckets"] = session(args.model, "full", "bf16", task, args.data_dir, max_length,
+                                           DEFAULT_BUCKET_POSITIONS)
         if args.compile:
             sessions["compiled"] = session(args.model, "full", "bf16", task, args.data_dir, max_length)
             sessions["compiled"].model.get_decoder().compile(dynamic=True)
@@ -310,6 +317,9 @@ def main() -> None:
         task, n, max_length = WORKLOADS["sst2"]
         by_scheme = {scheme: {m: session(args.model, scheme, m, task, args.data_dir, max_length)
                               for m in ("fp32", "bf16", "amp-bf16")} for scheme in ("lora", "full")}
+        for scheme, mode in (("lora", "bf16"), ("full", "amp-bf16")):  # what dtype auto runs, with buckets
+            by_scheme[scheme][f"{mode}+buckets"] = session(args.model, scheme, mode, task, args.data_dir, max_length,
+                                                           DEFAULT_BUCKET_POSITIONS)
         steps = step_rows(args, lambda s: s.batch(micro_batch(s.splits.train, 0, n, 0)), by_scheme)
         del by_scheme
     probes = probe_rows(args) if args.probes else []

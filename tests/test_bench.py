@@ -288,3 +288,91 @@ def test_plot_styles_stay_distinct_past_ten_labels():
     styles = _styles(labels)
     assert len(styles) == 12
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 12
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+DATA = os.environ.get("ZOFT_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA or not (Path(DATA) / "SST-2").exists(),
+                                reason="needs the official SST-2 files ($ZOFT_DATA_DIR)")
+
+
+def bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pilot_sweeps_lrs_reads_them_back_and_names_a_range(tmp_path):
+    cmd = [sys.executable, str(BENCH / "pilot.py"), "--model", "tiny-llama", "--task", "sentiment-demo",
+           "--lrs", "1e-3", "1e-1", "--steps", "4", "--eval-every", "2", "--train-size", "16", "--dev-size", "8",
+           "--batch-size", "4", "--max-length", "48", "--out", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "pilot.json").read_text())
+    assert [r["lr"] for r in result["lrs"]] == [1e-3, 1e-1]
+    for r in result["lrs"]:
+        assert [c["step"] for c in r["curve"]] == [0, 2, 4] and r["status"] == "finished"
+        assert r["drop_last"] == pytest.approx(r["dev_loss_start"] - r["dev_loss_last"])
+    assert result["lrs"][0]["dev_loss_start"] == result["lrs"][1]["dev_loss_start"]  # same seed, same start
+    assert set(result["reading"]) >= {"best_lr", "range", "moved", "note"}
+    stamp = (tmp_path / "lr_0.001" / "summary.json").stat().st_mtime_ns
+    subprocess.run(cmd, check=True, capture_output=True, text=True)  # finished lrs are read back, not rerun
+    assert (tmp_path / "lr_0.001" / "summary.json").stat().st_mtime_ns == stamp
+    assert (tmp_path / "pilot.csv").exists() and (tmp_path / "pilot.png").exists()
+
+
+def test_pilot_reading_flags_no_movement_and_divergence():
+    pilot = bench_module("pilot")
+    row = lambda lr, drop, diverged=False: {"lr": lr, "drop_last": drop, "diverged": diverged}
+    flat = pilot.reading([row(1e-4, 0.001), row(1e-3, 0.004)], noise=0.01)
+    assert not flat["moved"] and flat["range"] == [] and "too short" in flat["note"]
+    moved = pilot.reading([row(1e-4, 0.02), row(1e-3, 0.1), row(3e-3, 0.06), row(1e-2, 0.3, diverged=True)], 0.01)
+    assert moved["best_lr"] == 1e-3 and moved["range"] == [1e-3, 3e-3] and moved["moved"]
+    assert pilot.reading([row(1e-2, 0.3, diverged=True)], 0.01)["best_lr"] is None
+
+
+def test_stacked_batch_is_the_batch_twice():
+    from zoft.models import load_model
+    from zoft.tasks import Example
+    from zoft.train.objective import Objective, collate
+
+    stacked = bench_module("forward_speed").stacked
+    model, tok = load_model("tiny-llama", dtype="fp32", device="cpu")
+    batch = collate(tok, [Example("Fun. It was", (" terrible", " great"), 1),
+                          Example("A dull film. It was", (" terrible", " great"), 0)])
+    objective = Objective(model)
+    preds, loss_sum = objective.predict(batch)
+    preds2, loss_sum2 = objective.predict(stacked(batch))
+    assert preds2 == preds + preds
+    assert loss_sum2 == pytest.approx(2 * loss_sum, rel=1e-5)
+
+
+@needs_data
+def test_bf16_estimate_agrees_with_the_exact_derivative_in_fp32(tmp_path):
+    subprocess.run([sys.executable, str(BENCH / "bf16_estimate.py"), "--model", "tiny-llama", "--data-dir", DATA,
+                    "--directions", "3", "--batch-size", "4", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "bf16_estimate.json").read_text())
+    cell = lambda scheme, precision, eps: next(r for r in result["rows"] if r["scheme"] == scheme
+                                               and r["precision"] == precision and r["eps"] == eps)
+    assert cell("full", "fp32", 1e-3)["relative_error"] < 0.05  # a central difference of a smooth loss
+    assert cell("lora", "fp32", 3e-3)["relative_error"] < 0.05
+    assert cell("full", "bf16", 1e-4)["relative_error"] > cell("full", "fp32", 1e-4)["relative_error"]
+    assert set(result["breaks"]) == {f"{s}/{p}" for s in ("lora", "full") for p in ("fp32", "bf16", "amp-bf16")}
+    assert (tmp_path / "bf16_estimate.png").exists()
+
+
+@needs_data
+def test_forward_speed_measures_every_mode(tmp_path):
+    subprocess.run([sys.executable, str(BENCH / "forward_speed.py"), "--model", "tiny-llama", "--data-dir", DATA,
+                    "--rounds", "1", "--gemm", "128", "--no-compile", "--no-probes", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "forward_speed.json").read_text())
+    assert {(r["workload"], r["mode"]) for r in result["forward"]} == {
+        (w, m) for w in ("sst2", "multirc") for m in ("fp32", "bf16", "amp-bf16", "stacked", "bf16+buckets")}
+    assert all(r["tokens_per_s"] > 0 and 0 < r["fraction_of_gemm_peak"] for r in result["forward"])
+    assert {(r["scheme"], r["mode"]) for r in result["steps"]} == {
+        (s, m) for s in ("lora", "full") for m in ("fp32", "bf16", "amp-bf16")} | {
+        ("lora", "bf16+buckets"), ("full", "amp-bf16+buckets")}

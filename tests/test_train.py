@@ -316,3 +316,57 @@ def test_forward_budget_stops_training_and_dev_is_scored_at_the_end(tmp_path, op
     assert summary["steps"] == steps and summary["forward_passes"] == steps * per_step
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "dev_accuracy" in r] == [s for s in (4, steps) if s <= steps]
+
+
+# --- length buckets: rows padded per bucket instead of to the batch's longest -------------
+
+from zoft.train.objective import length_buckets  # noqa: E402
+
+
+def test_length_buckets_partition_the_rows_longest_first():
+    lengths = [5, 40, 7, 38, 12, 3, 39, 6]
+    buckets = length_buckets(lengths, min_positions=64)
+    assert sorted(r for b in buckets for r in b) == list(range(len(lengths)))
+    for b in buckets:
+        assert [lengths[r] for r in b] == sorted((lengths[r] for r in b), reverse=True)
+    assert buckets[0][:3] == [1, 6, 3]  # the three long rows share a bucket
+    assert len(buckets) > 1
+    assert length_buckets(lengths, min_positions=10_000) == [sorted(range(8), key=lambda r: -lengths[r])]
+    assert length_buckets([4], 64) == [[0]]
+
+
+VARIED = [Example("Fun. It was", (" terrible", " great"), 1),
+          Example("A dull, long, slow and thoroughly tiresome film that nobody should see. It was",
+                  (" terrible", " great"), 0),
+          Example("Bad. It was", (" terrible", " great"), 0),
+          Example("Pick one of these three options, whichever is the longest:", (" a", " bb", " ccc"), 2),
+          Example("Ok. It was", (" terrible", " great"), 1)]
+
+
+def test_buckets_give_the_same_logprobs_and_count_one_forward_pass():
+    from zoft.train.metering import Meter
+
+    model, tok = load_model("tiny-llama", dtype="fp32", device="cpu")
+    batch = collate(tok, VARIED)
+    plain, bucketed = Objective(model), Objective(model, bucket_positions=8)
+    assert len(length_buckets(batch.attention_mask.sum(1).tolist(), 8)) > 1
+    meter = Meter(model, torch.device("cpu"))
+    meter.counting = True
+    with torch.no_grad():
+        a = plain.token_logprobs(batch)
+        b = bucketed.token_logprobs(batch)
+        assert plain.predict(batch)[0] == bucketed.predict(batch)[0]
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert meter.forward_passes == 4  # two evaluations each, bucketed or not
+    loss = bucketed.loss(batch)  # gradients flow through every bucket
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad and p.ndim == 2)
+
+
+def test_runs_bucket_by_default_and_zero_turns_it_off(tmp_path):
+    on = train(config(tmp_path / "on", steps=2, dtype="fp32", rng="torch"))
+    off = train(config(tmp_path / "off", steps=2, dtype="fp32", rng="torch", bucket_positions=0))
+    assert on["status"] == off["status"] == "finished" and on["forward_passes"] == off["forward_passes"] == 4
+    w_on, w_off = final_weights(tmp_path / "on" / "run"), final_weights(tmp_path / "off" / "run")
+    for k in w_on:
+        torch.testing.assert_close(w_on[k], w_off[k], rtol=1e-4, atol=1e-6)

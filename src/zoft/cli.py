@@ -24,6 +24,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("dev-size", int, "dev examples (MeZO: 500)"),
     ("test-size", int, "test examples (MeZO: 1000)"),
     ("max-length", int, "tokens per sequence (prompts are cut from the left)"),
+    ("bucket-positions", int, "run a batch's rows in length buckets of >= N padded positions (default 64; 0: one padded batch)"),
     ("peft", str, "full | lora | prefix | prompt"),
     ("optimizer", str, "optimizer name (zoft list)"),
     ("lr", float, "learning rate"),

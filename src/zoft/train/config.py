@@ -14,6 +14,11 @@ DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 """MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
 TRAINER_OPTIONS = ("orthogonalise_embeddings",)
 """opt_options keys that shape the param groups instead of going to make_optimizer."""
+DEFAULT_BUCKET_POSITIONS = 64
+"""A batch's rows run in length buckets of at least this many padded positions
+(zoft.train.objective.length_buckets) when bucket_positions is unset: on SST-2-shaped batches
+of SmolLM2-135M the forward is ~20% faster than one batch padded to its longest row
+(bench/forward_speed.py); unset rather than 64 so that cell keys of earlier runs stay valid."""
 DEFAULT_FULL_RNG = "counter"
 """The noise engine of ZO full fine-tuning when rng is unset: regenerating the noise of every
 weight three times per step is where torch's serial CPU generator costs most (bench/step_overhead.py).
@@ -32,6 +37,7 @@ class TrainConfig:
     dev_size: int = 500
     test_size: int = 1000
     max_length: int = 256
+    bucket_positions: int | None = None  # length buckets of >= N padded positions (None: 64; 0: off)
     max_new_tokens: int = 32
     # parameter-efficient scheme
     peft: str = "lora"

@@ -58,7 +58,8 @@ class Meter:
         self.peak_reset = reset_peak_memory(device)
 
     def _count(self, module, args) -> None:
-        if self.counting:
+        # a length bucket after the first continues the same pass (zoft.train.objective.CONTINUED)
+        if self.counting and not getattr(module, "_zoft_continued", False):
             self.forward_passes += 1
 
     def start(self) -> None:

@@ -112,6 +112,56 @@ def _row_for(rows_ids: list[list[int]], mine: list[int], context: list[int]) -> 
     return mine[-1]
 
 
+CONTINUED = "_zoft_continued"
+"""Set on the model while it runs the second and later length buckets of one evaluation, so
+that zoft.train.metering.Meter counts one forward pass per evaluation, not one per bucket."""
+
+
+def length_buckets(lengths: Sequence[int], min_positions: int, max_waste: float = 0.25) -> list[list[int]]:
+    """Rows grouped into padding buckets: sorted by length, longest first, a bucket is padded
+    to its first row's length; a bucket is closed once it holds ``min_positions`` padded
+    positions (small matmuls run below the machine's peak) and the next row would raise its
+    padding above ``max_waste`` of its positions. One bucket when ``min_positions`` covers
+    the whole batch."""
+    order = sorted(range(len(lengths)), key=lambda r: (-lengths[r], r))
+    buckets: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for r in order:
+        if current:
+            width = lengths[current[0]]
+            full = width * len(current) >= min_positions
+            if full and used + lengths[r] < (1 - max_waste) * width * (len(current) + 1):
+                buckets.append(current)
+                current, used = [], 0
+        current.append(r)
+        used += lengths[r]
+    return buckets + [current] if current else buckets
+
+
+def _rows_of(batch: "Batch", rows: list[int]) -> tuple["Batch", torch.Tensor]:
+    """The sub-batch of ``rows`` (padded to their longest) and the indices of its scored
+    positions in ``batch``."""
+    index = torch.tensor(rows, dtype=torch.long, device=batch.input_ids.device)
+    width = int(batch.attention_mask[index].sum(1).max())
+    local = torch.full((batch.input_ids.shape[0],), -1, dtype=torch.long, device=index.device)
+    local[index] = torch.arange(len(rows), device=index.device)
+    where = torch.nonzero(local[batch.rows] >= 0)[:, 0]
+    sub = Batch(batch.input_ids[index, :width], batch.attention_mask[index, :width], local[batch.rows[where]],
+                batch.cols[where], batch.targets[where], batch.cands[where], batch.owners, batch.labels,
+                batch.first, batch.sizes)
+    return sub, where
+
+
+@contextmanager
+def continued(model: torch.nn.Module, on: bool) -> Iterator[None]:
+    setattr(model, CONTINUED, on)
+    try:
+        yield
+    finally:
+        setattr(model, CONTINUED, False)
+
+
 @contextmanager
 def scored_positions(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
     """While active, the LM head sees only hidden[rows, cols] (shape (1, N, H))."""
@@ -132,9 +182,10 @@ class Objective:
     """Loss and predictions of one task on one model (``offset``: prompt-tuning tokens)."""
 
     def __init__(self, model: torch.nn.Module, generation: bool = False, offset: int = 0,
-                 autocast: torch.dtype | None = None) -> None:
+                 autocast: torch.dtype | None = None, bucket_positions: int = 0) -> None:
         self.model = model
         self.autocast = autocast  # matmuls in this dtype over fp32 weights (dtype amp-bf16)
+        self.bucket_positions = bucket_positions  # length buckets of >= this many positions (0: off)
         self.runner = model  # what is called: the model, or a DistributedDataParallel around it
         self.generation = generation
         self.offset = offset
@@ -142,10 +193,30 @@ class Objective:
     def token_logprobs(self, batch: Batch, module: torch.nn.Module | None = None) -> torch.Tensor:
         """(N,) log p(target) at every scored position, computed in float32. ``module``: what
         to call (default: the runner; evaluation calls the bare model, since a
-        DistributedDataParallel forward is a collective that every rank must join)."""
+        DistributedDataParallel forward is a collective that every rank must join).
+
+        With ``bucket_positions`` the rows run in length buckets (:func:`length_buckets`), each
+        padded to its own longest row instead of the batch's: the same log-probs (rows are
+        independent under the causal mask) for fewer padded positions. A DistributedDataParallel
+        runner is called once per backward, so it gets the whole batch."""
+        runner = module or self.runner
+        rows = batch.input_ids.shape[0]
+        if not self.bucket_positions or isinstance(runner, torch.nn.parallel.DistributedDataParallel) or rows < 2:
+            return self._logprobs(batch, runner)
+        buckets = length_buckets(batch.attention_mask.sum(1).tolist(), self.bucket_positions)
+        if len(buckets) == 1:
+            return self._logprobs(batch, runner)
+        out = torch.empty(batch.targets.shape[0], dtype=torch.float32, device=batch.targets.device)
+        for i, bucket in enumerate(buckets):
+            sub, where = _rows_of(batch, bucket)
+            with continued(self.model, i > 0):
+                out[where] = self._logprobs(sub, runner)
+        return out
+
+    def _logprobs(self, batch: Batch, runner: torch.nn.Module) -> torch.Tensor:
         with scored_positions(self.model, batch.rows, batch.cols + self.offset), self.compute():
-            logits = (module or self.runner)(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                use_cache=False).logits[0]
+            logits = runner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            use_cache=False).logits[0]
         logp = torch.log_softmax(logits.float(), dim=-1)
         return logp.gather(1, batch.targets[:, None])[:, 0]
 

@@ -14,7 +14,7 @@ from zoft.models import resolve_device, load_model
 from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
-from zoft.train.config import TrainConfig
+from zoft.train.config import DEFAULT_BUCKET_POSITIONS, TrainConfig
 from zoft.train import checkpoint
 from zoft.train.objective import Objective, collate, greedy_answers
 from zoft.train.precision import WEIGHTS, MasterWeights, check_dtype, resolve_dtype
@@ -114,7 +114,11 @@ class Session:
         generation = task.kind == "generation"
         device = next(model.parameters()).device
         autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
-        objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast)
+        buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
+        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
+            raise ValueError(f"invalid bucket_positions {cfg.bucket_positions!r}; must be an integer >= 0 (0: off)")
+        objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast,
+                              bucket_positions=buckets)
         return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters)
 
     @property
