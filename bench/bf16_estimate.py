@@ -136,20 +136,22 @@ def measure_scheme(args, scheme: str) -> list[dict]:
 
 
 def breaking_eps(rows: list[dict], threshold: float) -> dict:
-    """Per scheme and precision: the smallest eps of the grid whose relative error is within
-    ``threshold`` with every larger eps also within it, and the largest that is not."""
+    """Per scheme and precision: the eps of the grid whose relative error is within
+    ``threshold`` (the error is U-shaped in eps: rounding below, curvature above), the eps of
+    the smallest error, and the largest eps below the good range, where the precision breaks."""
     out = {}
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         for precision in dict.fromkeys(r["precision"] for r in rows):
             cells = sorted((r for r in rows if r["scheme"] == scheme and r["precision"] == precision),
-                           key=lambda r: r["eps"], reverse=True)
-            ok = None
-            for r in cells:
-                if r["relative_error"] > threshold:
-                    break
-                ok = r["eps"]
-            bad = [r["eps"] for r in cells if r["relative_error"] > threshold]
-            out[f"{scheme}/{precision}"] = {"smallest_good_eps": ok, "largest_bad_eps": max(bad) if bad else None}
+                           key=lambda r: r["eps"])
+            if not cells:
+                continue
+            good = [r["eps"] for r in cells if r["relative_error"] <= threshold]
+            best = min(cells, key=lambda r: r["relative_error"])
+            below = [r["eps"] for r in cells if good and r["eps"] < min(good)]
+            out[f"{scheme}/{precision}"] = {"good_eps": good, "best_eps": best["eps"],
+                                            "best_relative_error": best["relative_error"],
+                                            "breaks_at_or_below": max(below) if below else None}
     return out
 
 

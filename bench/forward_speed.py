@@ -19,7 +19,7 @@ every mode), medians over rounds:
 
 FLOP rate: 2 x (matmul weights of the decoder layers) x (padded tokens) + attention
 (4 x layers x rows x T^2 x hidden) + the LM head at the scored positions, over the median
-time. The peak it is compared with is measured here, as the rate of a large square matmul
+time (for bf16+buckets, summed over the buckets actually run). The peak it is compared with is measured here, as the rate of a large square matmul
 (--gemm, default 2048) in fp32 and in bf16 on the same threads: the machine's achievable peak,
 which the theoretical figure (cores x clock x FLOPs per cycle) is also printed beside.
 
@@ -59,7 +59,7 @@ from zoft.train.config import DEFAULT_BUCKET_POSITIONS, TrainConfig
 from zoft.train.data import micro_batch
 from zoft.train.loop import take_step
 from zoft.train.metering import synchronize
-from zoft.train.objective import Batch, collate
+from zoft.train.objective import Batch, _rows_of, length_buckets
 from zoft.train.session import Session
 
 WORKLOADS = {  # name -> (task, examples per batch, max_length)
@@ -99,6 +99,12 @@ def stacked(batch: Batch) -> Batch:
                  cat(batch.cands, batch.cands + len(batch.owners)), cat(batch.owners, batch.owners + len(batch.labels)),
                  cat(batch.labels, batch.labels), cat(batch.first, batch.first + len(batch.owners)),
                  cat(batch.sizes, batch.sizes))
+
+
+def bucketed_flops(model: torch.nn.Module, batch: Batch, min_positions: int) -> float:
+    """forward_flops of the length buckets that zoft runs instead of ``batch``."""
+    buckets = length_buckets(batch.attention_mask.sum(1).tolist(), min_positions)
+    return sum(forward_flops(model, _rows_of(batch, b)[0]) for b in buckets)
 
 
 def forward_flops(model: torch.nn.Module, batch: Batch) -> float:
@@ -166,6 +172,8 @@ def forward_rows(args, sessions: dict, batches: dict) -> list[dict]:
         for mode, ts in times.items():
             med = statistics.median(ts)
             n_tok, n_flop = (2 * tokens, 2 * flops) if mode == "stacked" else (tokens, flops)
+            if mode == "bf16+buckets":  # fewer positions computed: count those
+                n_flop = bucketed_flops(sessions["fp32"].model, batch, DEFAULT_BUCKET_POSITIONS)
             peak = args.peak["fp32" if mode == "fp32" else "bf16"]
             row = {"workload": work, "mode": mode, "rows": int(batch.input_ids.shape[0]) * (2 if mode == "stacked" else 1),
                    "width": int(batch.input_ids.shape[1]), "tokens": n_tok, "median_s": round(med, 4),
@@ -176,6 +184,8 @@ def forward_rows(args, sessions: dict, batches: dict) -> list[dict]:
                 row["time_vs_two_bf16_forwards"] = round(med / (2 * statistics.median(times["bf16"])), 3)
             if mode == "compiled":
                 row["compile_s"] = round(compile_s, 1)
+            if mode == "bf16+buckets":
+                row["computed_positions_fraction"] = round(n_flop / flops, 3)
             rows.append(row)
     return rows
 

@@ -361,6 +361,7 @@ def test_bf16_estimate_agrees_with_the_exact_derivative_in_fp32(tmp_path):
     assert cell("lora", "fp32", 3e-3)["relative_error"] < 0.05
     assert cell("full", "bf16", 1e-4)["relative_error"] > cell("full", "fp32", 1e-4)["relative_error"]
     assert set(result["breaks"]) == {f"{s}/{p}" for s in ("lora", "full") for p in ("fp32", "bf16", "amp-bf16")}
+    assert 1e-3 in result["breaks"]["full/fp32"]["good_eps"]
     assert (tmp_path / "bf16_estimate.png").exists()
 
 
