@@ -377,3 +377,23 @@ def test_forward_speed_measures_every_mode(tmp_path):
     assert {(r["scheme"], r["mode"]) for r in result["steps"]} == {
         (s, m) for s in ("lora", "full") for m in ("fp32", "bf16", "amp-bf16")} | {
         ("lora", "bf16+buckets"), ("full", "amp-bf16+buckets")}
+
+
+def test_reach_table_counts_forward_passes_to_each_dev_level(tmp_path):
+    from zoft.bench.report import reach_table
+
+    rows = [{"step": 0, "dev_accuracy": 0.5, "dev_loss": 0.9}]
+    for step in range(1, 7):
+        rows.append({"step": step, "loss": 0.5, "forward_passes": 2 * step, "wall_time_s": 1.5 * step})
+        if step % 2 == 0:
+            rows.append({"step": step, "dev_accuracy": {2: 0.65, 4: 0.75, 6: 0.72}[step], "dev_loss": 0.8})
+    for key, metrics in (("a", rows), ("b", rows[:1])):
+        (tmp_path / "cells" / key).mkdir(parents=True)
+        (tmp_path / "cells" / key / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    column = ("m", "t", "lora")
+    chosen = {(*column, "zo-sgd"): [{"key": "a"}], (*column, "zo-adam"): [{"key": "b"}]}
+    lines = reach_table(tmp_path, chosen, [column], ["zo-sgd", "zo-adam"])
+    text = "\n".join(lines)
+    assert "reach dev metric 0.70" in text and "reach dev metric 0.80" in text
+    assert "| zo-sgd | 8 (6 s) |" in text  # first reached at step 4: 8 passes, 6 s
+    assert text.count("not reached") == 3  # zo-adam twice, zo-sgd at 0.80

@@ -1,4 +1,4 @@
-"""Plots of a grid (matplotlib, Agg): loss vs step, dev metric vs forward passes, memory."""
+"""Plots of a grid (matplotlib, Agg): loss vs step, dev metric vs forward passes and vs wall time, memory."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def plot_all(out: Path, chosen: dict[tuple, list[dict]]) -> None:
         return
     fig, axes = _panels(plt, chosen)
     fig2, axes2 = _panels(plt, chosen)
+    fig3, axes3 = _panels(plt, chosen)
     style = _styles(g[3] for g in chosen)
     for group, runs in sorted(chosen.items()):
         train = [[r for r in _metrics(out, run["key"]) if "loss" in r] for run in runs]
@@ -63,11 +64,16 @@ def plot_all(out: Path, chosen: dict[tuple, list[dict]]) -> None:
             metric = next(k for k in dev[0] if k.startswith("dev_"))
             axes2[group[:3]].plot([fwd.get(r["step"], 0) for r in dev], [r[metric] for r in dev], marker="o",
                                   label=group[3], **style[group[3]])
+            wall = {r["step"]: r["wall_time_s"] for r in rows if "wall_time_s" in r}
+            axes3[group[:3]].plot([wall.get(r["step"], 0.0) for r in dev], [r[metric] for r in dev], marker="o",
+                                  label=group[3], **style[group[3]])
     for ax_map, ylabel, f, name in [(axes, f"training loss (mean over seeds,\nrunning mean over {SMOOTH:.0%} of the steps)", fig, "loss_vs_step.png"),
-                                    (axes2, "dev metric (seed 1 of the chosen setting)", fig2, "dev_vs_forward_passes.png")]:
+                                    (axes2, "dev metric (seed 1 of the chosen setting)", fig2, "dev_vs_forward_passes.png"),
+                                    (axes3, "dev metric (seed 1 of the chosen setting)", fig3, "dev_vs_wall_time.png")]:
         for (m, t, p), ax in ax_map.items():
             ax.set_title(f"{m} / {t} / {p}", fontsize=9)
-            ax.set_xlabel("step" if name.startswith("loss") else "forward passes")
+            ax.set_xlabel({"loss_vs_step.png": "step", "dev_vs_forward_passes.png": "forward passes"}.get(
+                name, "training wall time (s)"))
             ax.set_ylabel(ylabel, fontsize=8)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)

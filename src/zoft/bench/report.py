@@ -132,7 +132,50 @@ def _header(columns: list[tuple]) -> list[str]:
             "|---|" + "---|" * len(columns)]
 
 
-def tables(rows: list[dict]) -> str:
+REACH = (0.70, 0.80)
+"""Dev-metric levels of the "forward passes to reach" table."""
+
+
+def dev_curve(out: Path, key: str) -> list[dict]:
+    """(step, forward_passes, wall_time_s, dev metric) at each dev evaluation of a cell."""
+    path = out / "cells" / key / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    at = {r["step"]: r for r in rows if "forward_passes" in r}
+    curve = []
+    for r in rows:
+        metric = next((k for k in r if k.startswith("dev_") and k != "dev_loss"), None)
+        if metric is not None:
+            step = at.get(r["step"], {})
+            curve.append({"step": r["step"], "forward_passes": step.get("forward_passes", 0),
+                          "wall_time_s": step.get("wall_time_s", 0.0), "dev": r[metric]})
+    return curve
+
+
+def reach_table(out: Path, chosen: dict[tuple, list[dict]], columns: list[tuple], optimizers: list[str],
+                levels: tuple[float, ...] = REACH) -> list[str]:
+    """Training forward passes (and wall seconds) until the dev metric first reaches each level,
+    for the chosen setting's first run; "not reached" when it never does. Forward passes are
+    what the meter counts: a backprop step is one forward plus its backward."""
+    lines = []
+    for level in levels:
+        lines += ["", f"## Training forward passes to reach dev metric {level:.2f} (chosen setting, first seed; "
+                  "wall seconds in brackets)", "", *_header(columns)]
+        for opt in optimizers:
+            if opt == ZERO_SHOT:
+                continue
+            cells = []
+            for c in columns:
+                runs = chosen.get((*c, opt))
+                if not runs:
+                    cells.append("")
+                    continue
+                hit = next((p for p in dev_curve(out, runs[0]["key"]) if p["dev"] >= level), None)
+                cells.append(f"{hit['forward_passes']} ({hit['wall_time_s']:.0f} s)" if hit else "not reached")
+            lines.append(f"| {opt} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tables(rows: list[dict], out: Path | None = None) -> str:
     chosen = choose(rows)
     columns = sorted({(g[0], g[1], g[2]) for g in chosen})
     optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != ZERO_SHOT, o.startswith("fo-"), o))
@@ -156,6 +199,8 @@ def tables(rows: list[dict]) -> str:
             lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     lines += zero_shot_table(chosen, columns, optimizers)
     lines += head_to_head(chosen, columns, optimizers)
+    if out is not None:
+        lines += reach_table(out, chosen, columns, optimizers)
     lines += ["", "## Peak memory in GiB (chosen setting, mean over seeds)", "", *_header(columns)]
     for opt in optimizers:
         cells = []
@@ -253,7 +298,7 @@ def build_report(out: Path) -> list[dict]:
     if not rows:
         raise FileNotFoundError(f"{out} holds no benchmark cells (no cells/*/cell.json)")
     write_csv(rows, out / "results.csv")
-    (out / "tables.md").write_text(tables(rows))
+    (out / "tables.md").write_text(tables(rows, out))
     from zoft.bench.plots import plot_all
 
     plot_all(out, choose(rows))
