@@ -370,3 +370,18 @@ def test_runs_bucket_by_default_and_zero_turns_it_off(tmp_path):
     w_on, w_off = final_weights(tmp_path / "on" / "run"), final_weights(tmp_path / "off" / "run")
     for k in w_on:
         torch.testing.assert_close(w_on[k], w_off[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_compiled_decoder_trains_like_eager(tmp_path, peft):
+    """--compile: the same run (fp32, so shapes and rounding match closely) with the decoder
+    under torch.compile ends at the same weights as eager, to compiler rounding."""
+    common = dict(steps=3, dtype="fp32", rng="torch", peft=peft, lr=1e-3)
+    eager = train(config(tmp_path / "eager", **common))
+    compiled = train(config(tmp_path / "compiled", compile=True, **common))
+    assert eager["status"] == compiled["status"] == "finished"
+    a, b = final_weights(tmp_path / "eager" / "run"), final_weights(tmp_path / "compiled" / "run")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
+    assert "compile: the decoder runs under torch.compile" in (tmp_path / "compiled" / "run" / "train.log").read_text()

@@ -37,6 +37,7 @@ class TrainConfig:
     dev_size: int = 500
     test_size: int = 1000
     max_length: int = 256
+    compile: bool | None = None  # torch.compile(dynamic=True) the decoder body (None: off)
     bucket_positions: int | None = None  # length buckets of >= N padded positions (None: 64; 0: off)
     max_new_tokens: int = 32
     # parameter-efficient scheme

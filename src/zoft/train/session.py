@@ -61,6 +61,17 @@ def resolve_precision(cfg: TrainConfig, log=lambda m: None) -> TrainConfig:
     return dataclasses.replace(cfg, dtype=dtype)
 
 
+def compile_decoder(model: torch.nn.Module) -> None:
+    """torch.compile the transformer body in place (the LM head and zoft's scored-position
+    hook on it stay eager, so the graph does not change with the batch's scored positions).
+    Parameters are graph inputs, so in-place perturbations and updates are seen."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if not isinstance(decoder, torch.nn.Module):
+        raise ValueError(f"compile: {type(base).__name__} has no decoder body to compile (get_decoder)")
+    decoder.compile(dynamic=True)
+
+
 def check_resident(model: torch.nn.Module) -> None:
     """Refuse trainable tensors that a device map offloaded (meta placeholders): accelerate
     streams those in per forward, so an in-place perturbation or update would be lost."""
@@ -96,6 +107,9 @@ class Session:
         model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
         check_resident(model)
+        if cfg.compile:
+            compile_decoder(model)
+            log("compile: the decoder runs under torch.compile(dynamic=True); the first forwards compile")
         model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
         hp = cfg.optimizer_hparams()
         if cfg.optimizer == "forward-grad":
