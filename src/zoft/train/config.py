@@ -96,7 +96,7 @@ class TrainConfig:
         for key in (*ZO_ONLY, "momentum"):
             if getattr(self, key) is not None:
                 hp[key] = getattr(self, key)
-        if "eps" not in hp and not self.optimizer.startswith(("fo-", "forward-grad")):
+        if "eps" not in hp and not self.backprop():
             hp["eps"] = DEFAULT_EPS.get(self.peft, 1e-3)
         if "rng" not in hp and self.peft == "full" and not self.optimizer.startswith("fo-"):
             hp["rng"] = DEFAULT_FULL_RNG

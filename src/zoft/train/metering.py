@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from zoft.train.objective import CONTINUED
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -58,8 +60,8 @@ class Meter:
         self.peak_reset = reset_peak_memory(device)
 
     def _count(self, module, args) -> None:
-        # a length bucket after the first continues the same pass (zoft.train.objective.CONTINUED)
-        if self.counting and not getattr(module, "_zoft_continued", False):
+        # a length bucket after the first continues the same pass
+        if self.counting and not getattr(module, CONTINUED, False):
             self.forward_passes += 1
 
     def start(self) -> None:
