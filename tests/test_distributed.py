@@ -111,7 +111,8 @@ def test_a_failing_rank_ends_the_run_with_an_error(tmp_path, fault):
     if fault == "crash":
         assert "injected crash on rank 1" in text
     else:
-        assert "all-reduce failed" in text  # rank 0's error names the cause
+        assert "all-reduce failed" in text  # rank 0's error names the cause, on one line
+        assert "zoft: error: rank 0 of 2: all-reduce failed" in text
     assert time.monotonic() - start < 150
 
 

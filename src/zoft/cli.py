@@ -107,17 +107,36 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(values, source=args.config or "command line")
 
 
+RESUME_FLAGS = ("steps", "data_dir")
+"""What --resume may change: the step count (to extend a run) and where the data files are (a
+fresh machine). Every other setting is the run's own, from its config.json."""
+
+
+def _given_flags(args: argparse.Namespace) -> list[str]:
+    """The settings given on the command line (flags default to absent, not to a value)."""
+    names = [n.replace("-", "_") for n, _, _ in FLAGS] + ["tensorboard", "compile", "eval_zero_shot",
+                                                          "master_weights"]
+    given = [n for n in names if hasattr(args, n)]
+    return given + [n for n in ("config", "opt", "peft_opt") if getattr(args, n, None)]
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from zoft.train.loop import train
+    from zoft.train.run_files import read_run_config
 
     if args.resume:  # the run's own config; only --steps may extend it
+        refused = [n for n in _given_flags(args) if n not in RESUME_FLAGS + ("out",)]
+        if refused or getattr(args, "out", args.resume) != args.resume:
+            flags = " ".join("--" + n.replace("_", "-") for n in refused or ["out"])
+            raise ValueError(f"--resume continues {args.resume} with its own settings (its config.json); "
+                             f"{flags} cannot change them (only --steps and --data-dir can); "
+                             "start a new run with another --out instead")
         run_dir = Path(args.resume)
-        if not (run_dir / "config.json").exists():
-            raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
-        cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        cfg = read_run_config(run_dir)
         cfg.out = str(run_dir)
         cfg.steps = getattr(args, "steps", cfg.steps)
-        summary = train(cfg, resume=True)
+        cfg.data_dir = getattr(args, "data_dir", cfg.data_dir)
+        summary = train(cfg.validate(), resume=True)
     else:
         summary = train(config_from_args(args))
     return 0 if summary.get("status") == "finished" else 1
@@ -227,16 +246,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from zoft.distributed import PeerFailure
     from zoft.tasks.data import DataUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, DataUnavailableError) as err:
-        print(f"zoft: error: {err}", file=sys.stderr)
+        print(f"zoft: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file zoft was asked to read or write: name it
+        where = f" {err.filename}" if err.filename else ""
+        print(f"zoft: error: cannot use{where}: {err.strerror or one_line(err)}", file=sys.stderr)
+        return 2
+    except PeerFailure as err:  # the cause is in the other rank's log, not in a traceback here
+        print(f"zoft: error: {one_line(err)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def one_line(err: BaseException) -> str:
+    """An error message on one line (some libraries' messages run over several)."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":

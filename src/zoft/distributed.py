@@ -27,6 +27,10 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 600
 
 
+class PeerFailure(RuntimeError):
+    """A collective failed: another rank stopped, crashed or timed out."""
+
+
 class Comm:
     """One process (world 1): every collective is the identity. Base of :class:`DataParallel`."""
 
@@ -82,8 +86,8 @@ class DataParallel(Comm):
         try:
             dist.all_reduce(buf, op=ops[op])
         except Exception as err:  # a peer that died or timed out: say which rank saw it
-            raise RuntimeError(f"rank {self.rank} of {self.world}: all-reduce failed; another rank "
-                               f"has probably stopped (see its log): {err}") from err
+            raise PeerFailure(f"rank {self.rank} of {self.world}: all-reduce failed; another rank "
+                              f"has probably stopped (see its log): {err}") from err
         return buf.to(tensor.device)
 
     def any(self, flag: bool) -> bool:

@@ -26,11 +26,13 @@ Aliases (:data:`MODEL_ALIASES`):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -272,14 +274,78 @@ def _resolve(name: str) -> str:
     if name in BUNDLED:
         return BUNDLED[name]()
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_source(path)
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model folder {str(path)!r} has no config.json")
-        return str(path)
+        if (path / "config.json").is_file():
+            return str(path)
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _gguf_source(ggufs[0])
+        found = f"; it holds {len(ggufs)} .gguf files: name one" if ggufs else " or .gguf file"
+        raise ValueError(f"model folder {str(path)!r} has no config.json{found}")
+    if path.suffix == ".gguf" or name.startswith((".", "/", "~")):
+        raise ValueError(f"unknown model {name!r}: no such file or folder")
     if _HUB_ID.match(name):
         return name
-    raise ValueError(f"unknown model {name!r}: not an alias, a folder or a hub id 'org/name'; "
+    raise ValueError(f"unknown model {name!r}: not an alias, a folder, a .gguf file or a hub id 'org/name'; "
                      f"aliases: {', '.join(MODEL_ALIASES)}")
+
+
+def _gguf_source(path: Path) -> str:
+    """A GGUF file de-quantized to fp32 safetensors in the cache, once per file version (the
+    cache folder is keyed by the file's path, size and modification time)."""
+    path = path.resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"gguf-{path.stem}-{key}"
+    if not (target / "config.json").is_file():
+        try:
+            _convert_gguf(path.parent, path.name, target)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot load the GGUF file {path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    return str(target)
+
+
+def _is_local(source: str) -> bool:
+    return Path(source).expanduser().is_dir()
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub (``$HF_ENDPOINT``) answers a TCP connection in ``timeout_s``."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _pretrained(load: Callable[..., Any], source: str, **kwargs: Any) -> Any:
+    """``load(source)`` (a from_pretrained) with one-line errors: a local folder as is; a hub id
+    from the local Hugging Face cache first, then the hub, saying at once when it is unreachable
+    instead of retrying for a minute."""
+    if _is_local(source):
+        return load(source, **kwargs)
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        try:
+            return load(source, local_files_only=True, **kwargs)
+        except (OSError, ValueError):
+            pass
+    if not _hub_reachable():
+        raise ValueError(f"model {source!r} is not an alias, a local folder or .gguf file, nor in the "
+                         "Hugging Face cache, and the hub is unreachable (offline?): give a local path")
+    try:
+        return load(source, **kwargs)
+    except OSError as err:
+        raise ValueError(f"model {source!r}: the Hugging Face Hub could not provide it "
+                         f"({' '.join(str(err).split())[:300]})") from None
 
 
 def _dispatch(model: PreTrainedModel, device_map: str | dict[str, Any]) -> PreTrainedModel:
@@ -311,7 +377,8 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
     """Load a causal LM and its tokenizer; the model is returned in eval mode.
 
     name:       an alias (:func:`list_model_aliases`), a local folder holding ``config.json``
-                (e.g. written by ``save_pretrained``), or a hub id ``"org/name"``.
+                (e.g. written by ``save_pretrained``), a ``.gguf`` file or a folder holding one
+                (de-quantized to fp32 and cached, as the bundled model is), or a hub id ``"org/name"``.
     dtype:      ``fp32`` | ``bf16`` | ``fp16``.
     device:     ``auto`` (cuda when available, else cpu) | ``cpu`` | ``cuda``; ignored when
                 ``device_map`` is given.
@@ -331,11 +398,11 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
         model = _dispatch(model, device_map) if device_map is not None else model
     else:
         source = _resolve(name)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype,
-                                                     device_map=device_map)
+        model = _pretrained(AutoModelForCausalLM.from_pretrained, source, dtype=torch_dtype,
+                            device_map=device_map)
         if device_map is None:
             model = model.to(device)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = _pretrained(AutoTokenizer.from_pretrained, source)
     _finish_tokenizer(tokenizer, model)
     return model.eval(), tokenizer
 

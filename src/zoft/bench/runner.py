@@ -21,7 +21,7 @@ from zoft.bench.grid import Cell
 from zoft.train.checkpoint import BEST, MANIFEST, write_json
 from zoft.train.run_files import finished_summary
 
-WEIGHT_FILES = (MANIFEST, BEST, "weights-*.safetensors", "optimizer-*.pt")
+WEIGHT_FILES = (MANIFEST, BEST, "checkpoint-*.json", "weights-*.safetensors", "optimizer-*.pt")
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:

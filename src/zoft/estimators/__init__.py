@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable
+from typing import Callable
 
 from zoft.core import Registry
+from zoft.core.checks import check_choice, check_int
 from zoft.estimators.base import Estimator, Probe, Reference
 from zoft.estimators.coordinate import Coordinate
 from zoft.estimators.telescoping import Telescoping
@@ -30,11 +31,6 @@ _TELESCOPING_LAWS = ("geometric", "zipf")
 _BLOCK_SIGNS = ("rademacher", "ones")
 
 
-def _choice(name: str, value: Any, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"invalid {name} {value!r}; allowed: {', '.join(map(str, allowed))}")
-
-
 def make_estimator(
     name: str,
     q: int = 1,
@@ -48,17 +44,16 @@ def make_estimator(
 ) -> Estimator:
     """Build an estimator by name; every invalid value raises a ValueError naming it."""
     build = ESTIMATORS.get(name)
-    if not isinstance(q, int) or isinstance(q, bool) or q < 1:
-        raise ValueError(f"invalid q {q!r}; q must be an integer >= 1")
-    _choice("perturbation", perturbation, PERTURBATIONS)
-    _choice("rng", rng, RNGS)
+    check_int("q", q, 1)
+    check_choice("perturbation", perturbation, PERTURBATIONS)
+    check_choice("rng", rng, RNGS)
     if name == "coordinate":
-        _choice("block_signs", block_signs, _BLOCK_SIGNS)
+        check_choice("block_signs", block_signs, _BLOCK_SIGNS)
         if not 0.0 < block_fraction <= 1.0:
             raise ValueError(f"invalid block_fraction {block_fraction!r}; must be in (0, 1]")
         return build(q, block_fraction, block_signs)
     if name.startswith("telescoping"):
-        _choice("telescoping_law", telescoping_law, _TELESCOPING_LAWS)
+        check_choice("telescoping_law", telescoping_law, _TELESCOPING_LAWS)
         if perturbation == "dap":
             raise ValueError("invalid perturbation 'dap' for telescoping; allowed: gaussian, rademacher, sphere")
         ok = 0 < telescoping_param < 1 if telescoping_law == "geometric" else telescoping_param > 1
@@ -67,8 +62,7 @@ def make_estimator(
                 f"invalid telescoping_param {telescoping_param!r} for {telescoping_law}: "
                 "geometric needs 0 < c < 1, zipf needs s > 1"
             )
-        if not isinstance(telescoping_terms, int) or telescoping_terms < 1:
-            raise ValueError(f"invalid telescoping_terms {telescoping_terms!r}; must be an integer >= 1")
+        check_int("telescoping_terms", telescoping_terms, 1)
         return build(q, perturbation, telescoping_law, telescoping_param, telescoping_terms, rng)
     return build(q, perturbation, rng)
 

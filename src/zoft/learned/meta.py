@@ -34,7 +34,7 @@ from torch import nn
 from zoft.core import Estimate, ParamSpace, derive_seed, loss_value
 from zoft.estimators import make_estimator
 from zoft.learned.finetuner import FineTuner, FineTunerConfig, GroupBy, block_layout
-from zoft.optim.base import check_range
+from zoft.core.checks import check_int, check_range
 
 LossFn = Callable[[Any], torch.Tensor]
 """loss_fn(batch) -> scalar loss of the model at its current parameters (e.g. Objective.loss)."""
@@ -78,8 +78,7 @@ def _cycle(batches: Iterable) -> Iterator:
 
 def _check(steps: int, lr: float, meta_lr: float, eps: float, reset_every: int, q: int) -> None:
     for name, value, low in (("steps", steps, 1), ("reset_every", reset_every, 0), ("q", q, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"invalid {name} {value!r}; must be an integer >= {low}")
+        check_int(name, value, low)
     check_range("lr", lr, 0.0)
     check_range("meta_lr", meta_lr, 0.0, low_open=True)
     check_range("eps", eps, 0.0, low_open=True)

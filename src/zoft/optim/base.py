@@ -21,22 +21,12 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 
 from zoft.core import Closure, Direction, Estimate, ParamSpace, derive_seed
+from zoft.core.checks import check_int, check_range
 from zoft.estimators import make_estimator
 from zoft.optim.transforms import Transform, chain_apply, chain_init
 
 _ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "telescoping_terms", "block_fraction",
                       "block_signs", "rng")
-
-
-def check_range(name: str, value: Any, low: float, high: float | None = None,
-                low_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = value > low if low_open else value >= low
-        ok = ok and (high is None or value < high)
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + (f" and < {high}" if high is not None else "")
-        raise ValueError(f"invalid {name} {value!r}; must be a number {bound}")
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -61,8 +51,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         check_range("lr", lr, 0.0)
         check_range("eps", eps, 0.0, low_open=True)
         check_range("weight_decay", weight_decay, 0.0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"invalid seed {seed!r}; must be an integer")
+        check_int("seed", seed)
         est_options = {k: options.pop(k) for k in _ESTIMATOR_OPTIONS if k in options}
         group_defaults = self._group_defaults(**options)
         self.estimator_name = estimator or self.default_estimator

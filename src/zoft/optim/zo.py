@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from zoft.core import Closure, NonFiniteLossError, ParamSpace, derive_seed, loss_value
-from zoft.optim.base import ZOOptimizer, check_range, displace_along
+from zoft.core.checks import check_range
+from zoft.optim.base import ZOOptimizer, displace_along
 from zoft.optim.transforms import Adam, BlockMomentum, HeavyBall, Orthogonalize, Sign, orthogonalised
 
 

@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
 from peft import PeftModel, PeftType
 from torch import nn
 
+from zoft.core.checks import check_int
 from zoft.models import seeded
 
 # Prompt-learning methods that prepend virtual positions to the input embeddings (so the
 # output logits are longer by num_virtual_tokens); prefix tuning instead enters as past
 # key/values and leaves the sequence length alone.
 _PREPENDING = (PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.MULTITASK_PROMPT_TUNING)
-
-
-def invalid(name: str, value: Any, allowed: str) -> ValueError:
-    """The ValueError of a bad option value: names it and what is allowed."""
-    return ValueError(f"invalid {name} {value!r}; allowed: {allowed}")
-
-
-def check_int(name: str, value: Any, low: int) -> None:
-    """Raise unless ``value`` is an int (not a bool) >= ``low``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise invalid(name, value, f"an integer >= {low}")
 
 
 @dataclass
@@ -106,5 +96,5 @@ def vocab_size(model: nn.Module) -> int:
     return model.get_input_embeddings().weight.shape[0]
 
 
-__all__ = ["SchemeConfig", "check_int", "count_parameters", "invalid", "position_offset",
+__all__ = ["SchemeConfig", "count_parameters", "position_offset",
            "refuse_peft_model", "seeded_for", "trainable_parameters"]

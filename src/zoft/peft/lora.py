@@ -14,7 +14,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from zoft.peft.base import SchemeConfig, check_int, invalid, model_type, refuse_peft_model, seeded_for
+from zoft.core.checks import check_int, invalid
+from zoft.peft.base import SchemeConfig, model_type, refuse_peft_model, seeded_for
 
 # q and v projections, as in the LoRA paper and MeZO; peft's own table covers other types.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {

@@ -20,8 +20,8 @@ import torch
 from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
 from torch import nn
 
-from zoft.peft.base import (SchemeConfig, check_int, invalid, refuse_peft_model, seeded_for,
-                            vocab_size)
+from zoft.core.checks import check_choice, check_int
+from zoft.peft.base import SchemeConfig, refuse_peft_model, seeded_for, vocab_size
 
 INITS = ("real", "random")
 
@@ -38,7 +38,7 @@ class PrefixSchemeConfig(SchemeConfig):
         super().__post_init__()
         check_int("prefix_tokens", self.prefix_tokens, 1)
         if self.prefix_init not in INITS:
-            raise invalid("prefix_init", self.prefix_init, ", ".join(INITS))
+            check_choice("prefix_init", self.prefix_init, INITS)
 
     def apply(self, model: nn.Module) -> nn.Module:
         refuse_peft_model(model)

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from torch import nn
 
-from zoft.peft.base import SchemeConfig, check_int, invalid, refuse_peft_model, seeded_for
+from zoft.core.checks import check_choice, check_int
+from zoft.peft.base import SchemeConfig, refuse_peft_model, seeded_for
 
 INITS = {"vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM}
 
@@ -33,7 +34,7 @@ class PromptSchemeConfig(SchemeConfig):
         super().__post_init__()
         check_int("prompt_tokens", self.prompt_tokens, 1)
         if self.prompt_init not in INITS:
-            raise invalid("prompt_init", self.prompt_init, ", ".join(INITS))
+            check_choice("prompt_init", self.prompt_init, INITS)
 
     def apply(self, model: nn.Module) -> nn.Module:
         refuse_peft_model(model)

@@ -30,7 +30,12 @@ def fail(path: Path, where: str, message: str) -> ValueError:
 
 
 def _text(path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise fail(path, f"line {line}", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                   "re-save the file as UTF-8") from None
     if not text.strip():
         raise fail(path, "line 1", "file is empty")
     return text

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from zoft.core.checks import as_float, check_bool, check_int, check_range, invalid
+
 ZO_ONLY = ("eps", "q", "estimator", "perturbation", "rng")
 DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 """MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
@@ -73,6 +75,41 @@ class TrainConfig:
     device_map: str | None = None  # accelerate big-model placement, e.g. "auto" (forward-only ZO)
     master_weights: bool | None = None  # fp32 masters of bf16/fp16 trainable tensors (ZO only)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> "TrainConfig":
+        """Refuse every value a run cannot use, with one line naming it (numbers written as text,
+        as YAML 1.1 reads ``1e-3``, become floats). Names (model, task, optimizer, ...) are
+        checked by the registries that know them, when the run is built."""
+        for key in ("lr", "weight_decay", "eps", "momentum"):
+            setattr(self, key, as_float(key, getattr(self, key)))
+        for key, low in (("train_size", 1), ("dev_size", 0), ("test_size", 0), ("max_length", 2),
+                         ("max_new_tokens", 1), ("steps", 0), ("warmup_steps", 0), ("forward_budget", 0),
+                         ("batch_size", 1), ("grad_accum", 1), ("eval_every", 0), ("save_every", 1),
+                         ("log_every", 1), ("seed", 0)):
+            check_int(key, getattr(self, key), low)
+        for key, low in (("bucket_positions", 0), ("q", 1)):
+            if getattr(self, key) is not None:
+                check_int(key, getattr(self, key), low)
+        check_range("lr", self.lr, 0.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        if self.eps is not None:
+            check_range("eps", self.eps, 0.0, low_open=True)
+        if self.momentum is not None:
+            check_range("momentum", self.momentum, 0.0)
+        for key in ("eval_zero_shot", "tensorboard"):
+            check_bool(key, getattr(self, key))
+        for key in ("compile", "master_weights"):
+            check_bool(key, getattr(self, key), optional=True)
+        for key in ("model", "dtype", "device", "task", "peft", "optimizer", "lr_schedule", "out"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise invalid(key, getattr(self, key), "a non-empty string")
+        for key in ("peft_options", "opt_options"):
+            if not isinstance(getattr(self, key), dict):
+                raise invalid(key, getattr(self, key), "a mapping of KEY: VALUE")
+        return self
+
     def backprop(self) -> bool:
         """Whether the optimizer differentiates the model (FO baselines, forward-grad)."""
         return self.optimizer.startswith("fo-") or self.optimizer == "forward-grad"
@@ -132,7 +169,10 @@ class TrainConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{source}: unknown key(s) {unknown}; valid keys: {sorted(known)}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}" if source not in ("config", "command line") else str(err)) from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

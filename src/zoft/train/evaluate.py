@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from zoft.train import checkpoint
 from zoft.train.config import TrainConfig
 from zoft.train.metering import peak_memory_bytes, reset_peak_memory
+from zoft.train.run_files import read_run_config
 from zoft.train.session import Session
 
 
 def evaluate_command(run_dir: str | None, cfg: TrainConfig, split: str = "test") -> dict:
     if run_dir is not None:
-        path = Path(run_dir)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} is not a run directory (no config.json)")
-        cfg = TrainConfig.from_dict(json.loads((path / "config.json").read_text()))
+        cfg = read_run_config(Path(run_dir))
     else:
         cfg.peft, cfg.optimizer, cfg.eps, cfg.q = "full", "zo-sgd", None, None  # zero-shot: no tuning
     session = Session.build(cfg)
@@ -24,7 +21,7 @@ def evaluate_command(run_dir: str | None, cfg: TrainConfig, split: str = "test")
     if run_dir is not None:
         weights = Path(run_dir) / checkpoint.BEST
         if not weights.exists():
-            manifest = json.loads((Path(run_dir) / checkpoint.MANIFEST).read_text())
+            manifest = checkpoint.read_manifest(Path(run_dir) / checkpoint.MANIFEST)
             weights = Path(run_dir) / manifest["weights"]
         checkpoint.load_weights(weights, session.model)
         source = str(weights)

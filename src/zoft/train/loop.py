@@ -40,20 +40,46 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
     files = RunFiles(Path(cfg.out), cfg, resume, active=comm.main, processes=comm.world)
     for note in notes:
         files.log(note)
+    if files.stale:
+        files.log(f"removed {len(files.stale)} temporary file(s) of an interrupted write: "
+                  + ", ".join(p.name for p in files.stale))
     s = Session.build(cfg, log=files.log)
     if not s.closure_driven:
         s.objective.runner = comm.wrap_for_backprop(s.model)
     meter, state = Meter(s.model, s.device), {"step": 0, "best_dev": None}
-    if resume and (files.dir / checkpoint.MANIFEST).exists():
-        state = checkpoint.load(files.dir, s.model, s.optimizer)
+    if resume and checkpoint.has_checkpoint(files.dir):
+        state = checkpoint.load(files.dir, s.model, s.optimizer, log=files.log)
         if s.masters:
             s.masters.load(files.dir / state["weights"])
         meter.forward_passes, meter.elapsed = state["forward_passes"], state["wall_time_s"]
         files.truncate_metrics(state["step"])
-    save = lambda: comm.main and checkpoint.save(files.dir, state["step"], s.model, s.optimizer, {
-        "forward_passes": meter.forward_passes, "wall_time_s": meter.elapsed, "seed": cfg.seed,
-        "data_order": "zoft.train.data.micro_batch(seed, step * grad_accum + k)",
-        "best_dev": state["best_dev"], "zero_shot": state.get("zero_shot")}, state=s.trainable_state())
+        state["saved"] = state["step"]
+    if resume:
+        files.write_config()  # only now: a resume that fails leaves the run as it was
+
+    def kept() -> str:
+        if state.get("saved") is None:
+            return f"no checkpoint had been written yet (--save-every {cfg.save_every}), so there is nothing to resume"
+        return f"the checkpoint of step {state['saved']} is kept (--resume {files.dir} continues from it)"
+
+    def finite_or_fail() -> dict | None:
+        """The failed summary when the update made a trainable tensor non-finite (no file is
+        written from such weights), else None. Every rank checks its own identical copy."""
+        tensors = s.trainable_state()
+        bad = checkpoint.nonfinite(tensors)
+        if not bad:
+            return None
+        return files.fail(f"stopped at step {state['step']}: its update made {len(bad)} of {len(tensors)} "
+                          f"trainable tensors non-finite (first: {bad[0]}), although its loss was finite; "
+                          f"nothing was saved from them; {kept()}. Try a smaller --lr")
+
+    def save() -> None:
+        if comm.main:
+            checkpoint.save(files.dir, state["step"], s.model, s.optimizer, {
+                "forward_passes": meter.forward_passes, "wall_time_s": meter.elapsed, "seed": cfg.seed,
+                "data_order": "zoft.train.data.micro_batch(seed, step * grad_accum + k)",
+                "best_dev": state["best_dev"], "zero_shot": state.get("zero_shot")}, state=s.trainable_state())
+        state["saved"] = state["step"]
     spent = lambda: cfg.forward_budget > 0 and meter.forward_passes >= cfg.forward_budget
     # a forward budget usually ends the run long before cfg.steps: show progress against it
     by_budget = cfg.forward_budget > 0
@@ -75,7 +101,7 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
             try:
                 loss = take_step(s, batches, comm)
             except NonFiniteLossError as err:
-                return files.fail(f"stopped at step {step + 1}: {err}; the last good checkpoint is kept")
+                return files.fail(f"stopped at step {step + 1}: {err}; {kept()}")
             finally:
                 meter.stop()
                 meter.counting = False
@@ -89,11 +115,17 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
                 files.metric(step=state["step"], loss=loss, lr=s.optimizer.param_groups[0]["lr"],
                              forward_passes=meter.forward_passes, wall_time_s=round(meter.elapsed, 4),
                              peak_memory_bytes=meter.peak_memory(), **comm_bytes)
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0:
+            due_eval = cfg.eval_every and state["step"] % cfg.eval_every == 0
+            due_save = state["step"] % cfg.save_every == 0
+            if (due_eval or due_save) and (failed := finite_or_fail()) is not None:
+                return failed
+            if due_eval:
                 state["best_dev"] = evaluate_dev(s, files, state, comm)
-            if state["step"] % cfg.save_every == 0:
+            if due_save:
                 save()
     bar.close()
+    if (failed := finite_or_fail()) is not None:
+        return failed
     if cfg.eval_every and (state["step"] % cfg.eval_every or not state["step"]) and not stop:
         state["best_dev"] = evaluate_dev(s, files, state, comm)  # the end of training is always scored
     save()
@@ -162,23 +194,31 @@ def evaluate_dev(s: Session, files: RunFiles, state: dict, comm: Comm = Comm()) 
     return state["best_dev"]
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""Ctrl-C, and the SIGTERM that schedulers (Slurm, Kubernetes, systemd) send before they kill."""
+
+
 @contextmanager
 def deferred_interrupt() -> Iterator:
-    """Ctrl-C sets a flag read between steps, so parameters are never saved mid-perturbation."""
+    """Ctrl-C or SIGTERM sets a flag read between steps, so that the step finishes and a
+    checkpoint is saved (parameters are never saved mid-perturbation); a second one aborts."""
     flag = {"hit": False}
 
     def handler(signum, frame):
         if flag["hit"]:
             raise KeyboardInterrupt
         flag["hit"] = True
-        tqdm.write("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to abort)")
+        tqdm.write(f"{signal.Signals(signum).name}: finishing this step and saving a checkpoint "
+                   "(send it again to abort)")
 
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: interrupts are not deferred
-        previous = None
+    previous = {}
+    for signum in STOP_SIGNALS:
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: interrupts are not deferred
+            pass
     try:
         yield lambda: flag["hit"]
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, old in previous.items():
+            signal.signal(signum, old)

@@ -14,6 +14,20 @@ from zoft.train.precision import COMPUTE
 from zoft.train.config import TrainConfig
 
 
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig of the run in ``run_dir`` (its config.json); one-line errors naming the file."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is unreadable ({str(err).splitlines()[0]}); truncated or corrupted?") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} is not a run configuration (expected a JSON object)")
+    return TrainConfig.from_dict(values, source=str(path))
+
+
 def finished_summary(run_dir: Path) -> dict | None:
     """The summary of a finished run in ``run_dir``; None when there is none (or it failed)."""
     path = run_dir / "summary.json"
@@ -37,15 +51,29 @@ class RunFiles:
             raise FileExistsError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         self.metrics_path = run_dir / "metrics.jsonl"
         self.writer = None
+        self.stale: list[Path] = []
         if active and not resume:
             if finished_summary(run_dir) is not None:
                 raise FileExistsError(f"{run_dir} holds a finished run (summary.json); use another --out")
             if self.metrics_path.exists():  # a run stopped before its first checkpoint: start over
                 self.metrics_path.unlink()
         if active:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(run_dir / "config.json", cfg.to_dict())
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                probe = run_dir / ".zoft-write-test"
+                probe.touch()
+                probe.unlink()
+            except OSError as err:
+                raise ValueError(f"cannot write the run directory {run_dir} ({err.strerror or err}); "
+                                 "choose another --out") from None
+            self.stale = checkpoint.remove_stale(run_dir)
+            if not resume:  # a resume writes it once its checkpoint has loaded (write_config)
+                self.write_config()
             self.writer = self._tensorboard() if cfg.tensorboard else None
+
+    def write_config(self) -> None:
+        if self.active:
+            checkpoint.write_json(self.dir / "config.json", self.cfg.to_dict())
 
     def _tensorboard(self):
         try:

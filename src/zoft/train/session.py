@@ -123,14 +123,13 @@ class Session:
         if master_weights:
             masters = MasterWeights(model)
             groups = masters.swap_into(groups)
-            log(f"master weights: fp32 copies of {len(masters)} low-precision trainable tensors")
+            if len(masters):
+                log(f"master weights: fp32 copies of {len(masters)} low-precision trainable tensors")
         optimizer = make_optimizer(cfg.optimizer, groups, **hp)
         generation = task.kind == "generation"
         device = next(model.parameters()).device
         autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
         buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
-        if isinstance(buckets, bool) or not isinstance(buckets, int) or buckets < 0:
-            raise ValueError(f"invalid bucket_positions {cfg.bucket_positions!r}; must be an integer >= 0 (0: off)")
         objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast,
                               bucket_positions=buckets)
         return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters)
