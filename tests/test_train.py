@@ -385,3 +385,26 @@ def test_compiled_decoder_trains_like_eager(tmp_path, peft):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-5)
     assert "compile: the decoder runs under torch.compile" in (tmp_path / "compiled" / "run" / "train.log").read_text()
+
+
+def test_optimizers_are_driven_by_their_traits_not_their_names(tmp_path):
+    """A backprop optimizer under any name, and a plain torch.optim class registered without
+    traits, train through the same loop as fo-sgd (no code tests optimizer names)."""
+    from zoft.optim import OPTIMIZERS, optimizer_traits
+    from zoft.optim.fo import FOSGD
+
+    class PlainSGD(torch.optim.SGD):
+        def __init__(self, params, lr=1e-3, weight_decay=0.0, seed=0):
+            super().__init__(params, lr=lr, weight_decay=weight_decay)
+
+    OPTIMIZERS.register("my-backprop-sgd", FOSGD)
+    OPTIMIZERS.register("plain-torch-sgd", PlainSGD)
+    try:
+        for name in ("my-backprop-sgd", "plain-torch-sgd"):
+            assert not optimizer_traits(name).zeroth_order and not optimizer_traits(name).takes_eps
+            summary = train(config(tmp_path / name, optimizer=name, peft="lora", steps=2, lr=1e-2, dtype="auto"))
+            assert summary["status"] == "finished" and summary["dtype"] == "fp32"  # backprop: fp32
+            assert summary["forward_passes"] == 2  # one forward (and backward) per step
+    finally:
+        for name in ("my-backprop-sgd", "plain-torch-sgd"):
+            OPTIMIZERS._items.pop(name)

@@ -175,10 +175,17 @@ def reach_table(out: Path, chosen: dict[tuple, list[dict]], columns: list[tuple]
     return lines
 
 
+def _backprop(optimizer: str) -> bool:
+    """Backprop baselines are listed after the ZO methods (names no longer registered: ZO)."""
+    from zoft.optim import OPTIMIZERS, optimizer_traits
+
+    return optimizer in OPTIMIZERS and not optimizer_traits(optimizer).zeroth_order
+
+
 def tables(rows: list[dict], out: Path | None = None) -> str:
     chosen = choose(rows)
     columns = sorted({(g[0], g[1], g[2]) for g in chosen})
-    optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != ZERO_SHOT, o.startswith("fo-"), o))
+    optimizers = sorted({g[3] for g in chosen}, key=lambda o: (o != ZERO_SHOT, _backprop(o), o))
     lines = ["## Test metric (hyperparameters chosen on dev; mean +- std over seeds)", "", *_header(columns)]
     for opt in optimizers:
         cells = [_mean_std([r["test_metric"] for r in chosen.get((*c, opt), []) if r["test_metric"] is not None])

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from zoft.optim import ZOOptimizer
+from zoft.optim.traits import BACKPROP
 
 
 class ZOTrainerMixin:
@@ -32,7 +33,7 @@ class ZOTrainerMixin:
 
     def _zo_optimizer(self) -> ZOOptimizer:
         opt = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
-        if not isinstance(opt, ZOOptimizer):
+        if not getattr(type(opt), "traits", BACKPROP).closure_driven:
             raise ValueError("ZOTrainerMixin needs a zoft ZO optimizer: Trainer(..., optimizers=(opt, None))")
         opt.external_loop = True
         return opt

@@ -8,13 +8,13 @@
 - :mod:`zoft.learned.pertnn`: PertNN (one block's MLP 5 -> 64 -> 1) and the energy normalisation.
 - :mod:`zoft.learned.finetuner`: block layouts, the FineTuner container and its file.
 - :mod:`zoft.learned.meta`: meta-training along a trajectory (one-step unroll).
-- :mod:`zoft.learned.optimizer`: the ``zo-finetuner`` optimizer.
+- the ``zo-finetuner`` optimizer itself is :class:`zoft.optim.finetuner.ZOFineTuner` (imports run
+  one way: optim uses these networks, learned never imports optim).
 """
 
 from zoft.learned.finetuner import Block, FineTuner, FineTunerConfig, block_layout
 from zoft.learned.meta import MetaHistory, learn_finetuner, meta_train
-from zoft.learned.optimizer import ZOFineTuner
 from zoft.learned.pertnn import FEATURES, PertNN, normalised_scales
 
-__all__ = ["FEATURES", "Block", "FineTuner", "FineTunerConfig", "MetaHistory", "PertNN", "ZOFineTuner",
+__all__ = ["FEATURES", "Block", "FineTuner", "FineTunerConfig", "MetaHistory", "PertNN",
            "block_layout", "learn_finetuner", "meta_train", "normalised_scales"]

@@ -11,10 +11,11 @@ from zoft.core import Registry
 from zoft.optim.base import ZOOptimizer
 from zoft.optim.fo import FOAdam, FOSGD
 from zoft.optim.forward_grad import ForwardGrad
+from zoft.optim.traits import BACKPROP, Traits
 from zoft.optim.transforms import newton_schulz
 from zoft.optim.zo import (JaguarMuon, JaguarSign, MatrixLR, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
-from zoft.learned.optimizer import ZOFineTuner
+from zoft.optim.finetuner import ZOFineTuner
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("zo-sgd", ZOSGD)
@@ -36,11 +37,17 @@ def list_optimizers() -> list[str]:
     return OPTIMIZERS.names()
 
 
+def optimizer_traits(name: str) -> Traits:
+    """The declared traits of optimizer ``name`` (zoft.optim.traits); unknown names raise."""
+    return getattr(OPTIMIZERS.get(name), "traits", BACKPROP)
+
+
 def make_optimizer(name: str, params: Iterable, **hparams: Any) -> torch.optim.Optimizer:
     """Build optimizer ``name`` over ``params``; unknown names or values raise ValueError."""
     cls = OPTIMIZERS.get(name)
-    if not issubclass(cls, ZOOptimizer) or cls is ForwardGrad:
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "params"}
+    signature = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.values()):
+        allowed = set(signature) - {"self", "params"}  # **options classes validate their own
         unknown = sorted(set(hparams) - allowed)
         if unknown:
             raise ValueError(f"unknown hyperparameter(s) {unknown} for {name}; allowed: {sorted(allowed)}")
@@ -53,10 +60,11 @@ def muon_variants() -> list[str]:
 
 
 def is_zeroth_order(optimizer: torch.optim.Optimizer) -> bool:
-    """True when the optimizer never calls backward (ForwardGrad uses forward-mode AD)."""
-    return isinstance(optimizer, ZOOptimizer) and not isinstance(optimizer, ForwardGrad)
+    """True when the optimizer never differentiates the model (ForwardGrad uses forward-mode AD)."""
+    return getattr(type(optimizer), "traits", BACKPROP).zeroth_order
 
 
-__all__ = ["OPTIMIZERS", "ZOOptimizer", "is_zeroth_order", "list_optimizers", "make_optimizer",
+__all__ = ["OPTIMIZERS", "Traits", "ZOOptimizer", "is_zeroth_order", "list_optimizers", "make_optimizer",
+           "optimizer_traits",
            "muon_variants",
            "newton_schulz"]

@@ -23,6 +23,7 @@ import torch
 from zoft.core import Closure, Direction, Estimate, ParamSpace, derive_seed
 from zoft.core.checks import check_int, check_range
 from zoft.estimators import make_estimator
+from zoft.optim.traits import ZEROTH_ORDER, Traits
 from zoft.optim.transforms import Transform, chain_apply, chain_init
 
 _ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "telescoping_terms", "block_fraction",
@@ -41,6 +42,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     chain: Sequence[Transform] = ()
     coupled_weight_decay = True
     default_estimator = "central"
+    traits: Traits = ZEROTH_ORDER
     external_loop = False
     """Set by framework adapters whose loop calls step() without a closure after the real
     step: such a call is then a no-op instead of an error."""

@@ -8,6 +8,7 @@ import math
 import torch
 
 from zoft.core import Closure, NonFiniteLossError, loss_value
+from zoft.optim.traits import BACKPROP
 
 
 def _backward(optimizer: torch.optim.Optimizer, closure: Closure | None) -> torch.Tensor | None:
@@ -28,6 +29,7 @@ def _backward(optimizer: torch.optim.Optimizer, closure: Closure | None) -> torc
 class FOSGD(torch.optim.SGD):
     """SGD with backprop: step(closure) zeroes grads, calls closure().backward(), updates."""
 
+    traits = BACKPROP
     forward_passes = 0
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -44,6 +46,7 @@ class FOSGD(torch.optim.SGD):
 class FOAdam(torch.optim.Adam):
     """Adam with backprop, same closure protocol as FOSGD (``adam_eps`` is Adam's epsilon)."""
 
+    traits = BACKPROP
     forward_passes = 0
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), adam_eps: float = 1e-8,

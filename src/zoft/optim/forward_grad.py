@@ -15,6 +15,7 @@ from torch import nn
 from zoft.core import Closure, Estimate, NonFiniteLossError, Term, derive_seed, loss_value
 from zoft.estimators.directions import SeededDirection
 from zoft.optim.base import ZOOptimizer
+from zoft.optim.traits import Traits
 from zoft.perturb import get_sampler
 
 
@@ -32,6 +33,10 @@ class _ClosureModule(nn.Module):
 
 class ForwardGrad(ZOOptimizer):
     """Forward gradient with q tangents v ~ ``perturbation``; SGD update x <- x - lr g."""
+
+    # its jvp differentiates the model (so not zeroth order) and cannot pass an all-reduce
+    traits = Traits(zeroth_order=False, takes_eps=False, needs_module=True, eager_attention=True,
+                    data_parallel=False)
 
     def __init__(self, params: Iterable, module: nn.Module | None = None, lr: float = 1e-3,
                  q: int = 1, perturbation: str = "gaussian", rng: str = "torch",

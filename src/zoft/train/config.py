@@ -110,9 +110,15 @@ class TrainConfig:
                 raise invalid(key, getattr(self, key), "a mapping of KEY: VALUE")
         return self
 
+    def traits(self):
+        """The optimizer's declared traits (zoft.optim.traits.Traits)."""
+        from zoft.optim import optimizer_traits  # here, not at the top: this module does not import torch
+
+        return optimizer_traits(self.optimizer)
+
     def backprop(self) -> bool:
         """Whether the optimizer differentiates the model (FO baselines, forward-grad)."""
-        return self.optimizer.startswith("fo-") or self.optimizer == "forward-grad"
+        return not self.traits().zeroth_order
 
     def uses_master_weights(self) -> bool:
         """Explicit setting, else on for ZO PEFT with bf16/fp16 weights (cheap), off for full
@@ -133,13 +139,14 @@ class TrainConfig:
         for key in (*ZO_ONLY, "momentum"):
             if getattr(self, key) is not None:
                 hp[key] = getattr(self, key)
-        if "eps" not in hp and not self.backprop():
+        traits = self.traits()
+        if "eps" not in hp and traits.takes_eps:
             hp["eps"] = DEFAULT_EPS.get(self.peft, 1e-3)
-        if "rng" not in hp and self.peft == "full" and not self.optimizer.startswith("fo-"):
+        if "rng" not in hp and self.peft == "full" and traits.takes_rng:
             hp["rng"] = DEFAULT_FULL_RNG
-        if (self.finetuner is not None) != (self.optimizer == "zo-finetuner"):
-            raise ValueError("--finetuner FILE goes with --optimizer zo-finetuner, and zo-finetuner "
-                             f"needs it (optimizer {self.optimizer!r}, finetuner {self.finetuner!r})")
+        if (self.finetuner is not None) != traits.needs_finetuner:
+            raise ValueError("--finetuner FILE goes with an optimizer that reads one (zo-finetuner), and "
+                             f"that optimizer needs it (optimizer {self.optimizer!r}, finetuner {self.finetuner!r})")
         if self.finetuner is not None:
             hp.update(finetuner=self.finetuner, base_model=self.model)
         return {**hp, **{k: v for k, v in self.opt_options.items() if k not in TRAINER_OPTIONS}}

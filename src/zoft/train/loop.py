@@ -136,8 +136,8 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
 
 
 def check_data_parallel(cfg: TrainConfig, world: int) -> None:
-    if cfg.optimizer == "forward-grad":
-        raise ValueError("forward-grad does not run data-parallel (its jvp cannot pass through an "
+    if not cfg.traits().data_parallel:
+        raise ValueError(f"{cfg.optimizer} does not run data-parallel (its jvp cannot pass through an "
                          "all-reduce); launch it as one process")
     if cfg.batch_size < world:
         raise ValueError(f"--batch-size {cfg.batch_size} is the global batch and must be at least the "

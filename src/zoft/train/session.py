@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from zoft.models import resolve_device, load_model
-from zoft.optim import OPTIMIZERS, ZOOptimizer, make_optimizer
+from zoft.optim import OPTIMIZERS, make_optimizer
+from zoft.optim.traits import BACKPROP
 from zoft.peft import apply_peft, count_parameters, position_offset
 from zoft.tasks import Example, Task, get_task, load_splits
 from zoft.train.config import DEFAULT_BUCKET_POSITIONS, TrainConfig
@@ -111,12 +112,12 @@ class Session:
             compile_decoder(model)
             log("compile: the decoder runs under torch.compile(dynamic=True); the first forwards compile")
         model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
-        hp = cfg.optimizer_hparams()
-        if cfg.optimizer == "forward-grad":
+        hp, traits = cfg.optimizer_hparams(), cfg.traits()
+        if traits.needs_module:
             hp["module"] = model
-            # torch's fused CPU attention kernels have no forward-mode AD (jvp): use eager attention
+        if traits.eager_attention:  # torch's fused CPU attention kernels have no jvp
             model.set_attn_implementation("eager")
-        groups = parameter_groups(model, cfg.weight_decay, named=cfg.optimizer == "zo-finetuner")
+        groups = parameter_groups(model, cfg.weight_decay, named=traits.named_params)
         if not orthogonalise_embeddings:
             groups = embeddings_apart(model, groups)
         masters = None
@@ -138,7 +139,7 @@ class Session:
     def closure_driven(self) -> bool:
         """True for optimizers that evaluate the closure themselves (ZO and forward-grad);
         False for the backprop baselines, whose gradients the loop accumulates."""
-        return isinstance(self.optimizer, ZOOptimizer)
+        return getattr(type(self.optimizer), "traits", BACKPROP).closure_driven
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trainable tensors to checkpoint: fp32 masters where there are masters."""

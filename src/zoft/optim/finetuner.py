@@ -37,6 +37,7 @@ import torch
 from zoft.core import Closure, Estimate, NonFiniteLossError, ParamSpace, loss_value
 from zoft.learned.finetuner import FineTuner
 from zoft.optim.base import ZOOptimizer
+from zoft.optim.traits import Traits
 
 _STATE_KEY = "zo_finetuner"
 
@@ -62,6 +63,8 @@ class ZOFineTuner(ZOOptimizer):
     Needs the central estimator (its networks read l+ and l-); q > 1 queries feed the means
     of the + and - losses. The FineTuner is moved to the parameters' device.
     """
+
+    traits = Traits(named_params=True, needs_finetuner=True)
 
     def __init__(self, params: Iterable, finetuner: FineTuner | str | Path | None = None,
                  lr: float = 1e-3, eps: float = 1e-3, base_model: str | None = None, **kw: Any) -> None:
