@@ -2,7 +2,7 @@
 
 What it measures
     Every optimizer in zoft.list_optimizers() (but zo-finetuner, which needs a learned file), and
-    zo-sgd, zo-sgd-mmt and zo-adam with DAP perturbations (seed 001: the momentum is DAP's
+    zo-sgd, zo-sgd-mmt and zo-adam with DAP perturbations (Ma, UMD 2025: the momentum is DAP's
     reference; zo-sgd, which keeps none, spends half its queries on a pilot estimate), runs on
     two small convex problems in float32:
       lsq       multi-output least squares, W (8 x 24) + b (8): 200 parameters,
@@ -122,7 +122,7 @@ PROBLEMS = {"lsq": LeastSquares, "logistic": Logistic}
 
 
 # -- one run ------------------------------------------------------------------------------
-VARIANTS = {  # name -> (optimizer, options): DAP (seed 001) around the momentum, or a pilot for zo-sgd
+VARIANTS = {  # name -> (optimizer, options): DAP (Ma, UMD 2025) around the momentum, or a pilot for zo-sgd
     "zo-sgd+dap": ("zo-sgd", dict(perturbation="dap")),
     "zo-sgd-mmt+dap": ("zo-sgd-mmt", dict(perturbation="dap")),
     "zo-adam+dap": ("zo-adam", dict(perturbation="dap")),

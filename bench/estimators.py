@@ -1,4 +1,4 @@
-"""MSE of zoft's gradient estimators against the true gradient (seed 001, figure 4).
+"""MSE of zoft's gradient estimators against the true gradient (Ma, UMD 2025, figure 4).
 
 What it measures
     For every estimator x perturbation row (central / forward with gaussian, rademacher,

@@ -1,4 +1,4 @@
-"""Coordinate-block estimator of JAGUAR (seeds 000/002; Petrov et al. 2025, arXiv 2506.04430).
+"""Coordinate-block estimator of JAGUAR (Petrov et al. 2025, arXiv 2506.04430).
 
 Each query picks a random block of rows in every tensor and takes a central difference
 along it: g = (f(x + tau e_S) - f(x - tau e_S)) / (2 tau) * e_S / P(row in S), with e_S the

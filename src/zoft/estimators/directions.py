@@ -45,7 +45,7 @@ class SeededDirection:
 
 
 class AlignedDirection(SeededDirection):
-    """Directionally aligned perturbation (DAP; Ma & Huang, ICLR 2025, seed 001).
+    """Directionally aligned perturbation (DAP; Ma & Huang, ICLR 2025).
 
     v = (I - a a^T / ||a||^2) x + xi a / ||a||  with x ~ N(0, I), xi = +-1,
       = x + beta a,  beta = xi / ||a|| - (a . x) / ||a||^2  (one scalar for all tensors).
@@ -97,11 +97,11 @@ class AlignedDirection(SeededDirection):
 
 
 class BlockDirection:
-    """A random block of rows per tensor, perturbed coordinate-wise (JAGUAR, seeds 000/002).
+    """A random block of rows per tensor, perturbed coordinate-wise (JAGUAR).
 
     Tensor j (viewed as rows x rest; 1-D tensors as entries) gets k = ceil(fraction * rows)
     rows chosen uniformly without replacement. Inside the block u is +-1 per entry
-    (``signs="rademacher"``) or +1 (``signs="ones"``: seed 002's "the whole row moves by
+    (``signs="rademacher"``) or +1 (``signs="ones"``: the JAGUAR paper's "the whole row moves by
     +tau"). ``weight`` is 1 / (inclusion probability k / rows), so that with Rademacher
     signs E[g] equals the true gradient (the "ones" form is biased: each entry's estimate
     carries the sum of the block's partial derivatives).

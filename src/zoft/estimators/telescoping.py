@@ -1,4 +1,4 @@
-"""The unbiased telescoping family (Ma & Huang, NeurIPS 2025; seed 001).
+"""The unbiased telescoping family (Ma & Huang, NeurIPS 2025).
 
 With mu_1 > mu_2 > ... -> 0 and D(mu) = (f(x + mu v) - f(x)) / mu, the directional
 derivative is D(mu_1) + sum_n [D(mu_{n+1}) - D(mu_n)]. Sampling one term, n ~ p:

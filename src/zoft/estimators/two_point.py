@@ -1,4 +1,6 @@
-"""Two-point estimators with q queries (seed 000, seed 001; MeZO's seed replay).
+"""Two-point estimators with q queries (MeZO's seed replay; Evseev et al., MIPT 2025; Ma, UMD 2025).
+
+References: docs/ALGORITHMS.md, section References.
 
 central: g = 1/q sum_i (f(x + mu u_i) - f(x - mu u_i)) / (2 mu) u_i      (2q evaluations)
 forward: g = 1/q sum_i (f(x + mu u_i) - f(x)) / mu u_i                   (q + 1 evaluations)

@@ -1,4 +1,4 @@
-"""ZO Fine-tuner (seed 003): learned per-block perturbation scales for ZO fine-tuning.
+"""ZO Fine-tuner (Zhang et al. 2025): learned per-block perturbation scales for ZO fine-tuning.
 
     finetuner = learn_finetuner(model, batches, objective.loss, base_model="HuggingFaceTB/SmolLM2-135M",
                                 steps=500, lr=1e-4, eps=1e-3, reset_every=100, out="smollm2.finetuner")

@@ -1,4 +1,4 @@
-"""Meta-training of a FineTuner (learning to learn, once per base model; seed 003).
+"""Meta-training of a FineTuner (learning to learn, once per base model).
 
 Along a trajectory of the base model, each step t with batch x_t:
 

@@ -1,6 +1,6 @@
 """PertNN: the small network that predicts one parameter block's perturbation scale.
 
-ZO Fine-tuner (Zhang et al. 2025, arXiv 2510.00419; seed 003) gives every parameter block b
+ZO Fine-tuner (Zhang et al. 2025, arXiv 2510.00419) gives every parameter block b
 its own PertNN_b, an MLP 5 -> hidden -> 1 with tanh and an absolute value on the output:
 
     sigma_b = | w2_b . tanh(W1_b x_b + b1_b) + b2_b |,   x_b in R^5 (see FEATURES)

@@ -1,6 +1,6 @@
 """zo-finetuner: ZO-SGD whose perturbation is scaled per block by a learned FineTuner.
 
-One step t (Zhang et al. 2025, arXiv 2510.00419; seed 003):
+One step t (Zhang et al. 2025, arXiv 2510.00419):
 
  1. s_b = c * sigma_b = FineTuner(mean(theta_b), var(theta_b), l+_{t-1}, l-_{t-1}, s_b,{t-1}),
     normalised so that sum_b n_b s_b^2 = sum_b n_b (the isotropic energy). Before the first

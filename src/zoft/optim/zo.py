@@ -101,7 +101,7 @@ class MatrixLR:
     fine-tuning a Muon-sized lr on the norm gains' ZO step diverges (docs/RESULTS.md, 7e).
 
     A param group with ``orthogonalise: False`` sends its matrices to the fallback rule too
-    (Muon practice keeps the embeddings and the output head out of Newton-Schulz; seed 000
+    (Muon practice keeps the embeddings and the output head out of Newton-Schulz; Evseev et al., MIPT 2025
     orthogonalises every 2-D tensor, the default). ``zoft train`` builds that group from
     ``opt_options: {orthogonalise_embeddings: false}``."""
 
@@ -135,7 +135,7 @@ class JaguarMuon(MatrixLR, JaguarSign):
 
 
 class ZOMuon(MatrixLR, ZOOptimizer):
-    """ZO-Muon (seed 000): M <- momentum M + g; X <- X - lr NewtonSchulz(M) on 2-D tensors."""
+    """ZO-Muon (Evseev et al., MIPT 2025): M <- momentum M + g; X <- X - lr NewtonSchulz(M) on 2-D tensors."""
 
     chain = (HeavyBall(), Orthogonalize(fallback=None))
     coupled_weight_decay = False

@@ -87,7 +87,7 @@ class Sphere(TorchSampler):
 
     Over several tensors this is a product of spheres: E[u u^T] = I and ||u||^2 = d hold
     exactly, the two conditions of the constant-magnitude minimum-variance estimator of
-    Ma & Huang (ICLR 2025, seed 001). Per-tensor normalisation keeps seed replay one pass
+    Ma & Huang (ICLR 2025). Per-tensor normalisation keeps seed replay one pass
     (a single global sphere would need an extra pass for the norm); for one tensor it is
     exactly the uniform sphere of radius sqrt(d).
     """

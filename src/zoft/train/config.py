@@ -154,7 +154,7 @@ class TrainConfig:
     def orthogonalise_embeddings(self) -> bool:
         """opt_options' orthogonalise_embeddings: False puts the token embedding and output head
         of a Muon variant in a group of their own that takes the fallback rule (Muon practice);
-        True (default) orthogonalises every trainable matrix, seed 000's rule. Setting it for
+        True (default) orthogonalises every trainable matrix, Evseev et al.'s rule. Setting it for
         another optimizer is an error."""
         if "orthogonalise_embeddings" not in self.opt_options:
             return True
