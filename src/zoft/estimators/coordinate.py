@@ -11,11 +11,27 @@ from __future__ import annotations
 from typing import Literal
 
 from zoft.core import Closure, Estimate, ParamSpace, Term, derive_seed
+from zoft.core.checks import check_choice, is_number
 from zoft.estimators.base import Probe, Reference
 from zoft.estimators.directions import BlockDirection
 
 
+_BLOCK_SIGNS = ("rademacher", "ones")
+
+
 class Coordinate:
+    OPTIONS = ("block_fraction", "block_signs")
+    """Options of its own: the fraction of rows per block, the signs of a block's moves. The
+    perturbation and the noise engine do not apply (blocks are coordinate directions)."""
+
+    @classmethod
+    def build(cls, q: int, perturbation: str, rng: str, block_fraction: float = 0.1,
+              block_signs: str = "rademacher") -> "Coordinate":
+        check_choice("block_signs", block_signs, _BLOCK_SIGNS)
+        if not (is_number(block_fraction) and 0.0 < block_fraction <= 1.0):
+            raise ValueError(f"invalid block_fraction {block_fraction!r}; must be in (0, 1]")
+        return cls(q, block_fraction, block_signs)
+
     def __init__(self, q: int, block_fraction: float, block_signs: Literal["rademacher", "ones"]) -> None:
         self.q = q
         self.block_fraction = block_fraction

@@ -20,10 +20,10 @@ is the robust choice there; in float64 8 and 30 terms measure the same (bench/es
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 from zoft.core import Closure, Estimate, ParamSpace, Term, derive_seed, uniform
+from zoft.core.checks import check_choice, check_int, is_number
 from zoft.estimators.base import Probe, Reference
 from zoft.estimators.directions import SeededDirection
 from zoft.perturb import get_sampler
@@ -66,7 +66,29 @@ class TermLaw:
         return self.max_terms
 
 
+_LAWS = ("geometric", "zipf")
+
+
 class Telescoping:
+    OPTIONS = ("telescoping_law", "telescoping_param", "telescoping_terms")
+    """Options of its own: the law of the number of terms, its parameter, the cap on terms."""
+
+    @classmethod
+    def build(cls, variant: Literal["p3", "p4"], q: int, perturbation: str, rng: str,
+              telescoping_law: str = "geometric", telescoping_param: float = 0.5,
+              telescoping_terms: int = 8) -> "Telescoping":
+        """Check the options (one ValueError naming the bad value) and build."""
+        check_choice("telescoping_law", telescoping_law, _LAWS)
+        if perturbation == "dap":
+            raise ValueError("invalid perturbation 'dap' for telescoping; allowed: gaussian, rademacher, sphere")
+        ok = is_number(telescoping_param) and (0 < telescoping_param < 1 if telescoping_law == "geometric"
+                                               else telescoping_param > 1)
+        if not ok:
+            raise ValueError(f"invalid telescoping_param {telescoping_param!r} for {telescoping_law}: "
+                             "geometric needs 0 < c < 1, zipf needs s > 1")
+        check_int("telescoping_terms", telescoping_terms, 1)
+        return cls(variant, q, perturbation, telescoping_law, telescoping_param, telescoping_terms, rng)
+
     def __init__(
         self,
         variant: Literal["p3", "p4"],

@@ -23,6 +23,13 @@ from zoft.perturb import get_sampler
 
 
 class TwoPoint:
+    OPTIONS: tuple[str, ...] = ()
+    """Options of its own beyond q, perturbation and rng (none)."""
+
+    @classmethod
+    def build(cls, kind: Literal["central", "forward"], q: int, perturbation: str, rng: str) -> "TwoPoint":
+        return cls(kind, q, perturbation, rng)
+
     def __init__(self, kind: Literal["central", "forward"], q: int, perturbation: str, rng: str = "torch") -> None:
         self.kind = kind
         self.q = q

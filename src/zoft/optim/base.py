@@ -22,12 +22,10 @@ import torch
 
 from zoft.core import Closure, Direction, Estimate, ParamSpace, derive_seed
 from zoft.core.checks import check_int, check_range
-from zoft.estimators import make_estimator
+from zoft.estimators import make_estimator, option_names
 from zoft.optim.traits import ZEROTH_ORDER, Traits
 from zoft.optim.transforms import Transform, chain_apply, chain_init
 
-_ESTIMATOR_OPTIONS = ("telescoping_law", "telescoping_param", "telescoping_terms", "block_fraction",
-                      "block_signs", "rng")
 
 
 class ZOOptimizer(torch.optim.Optimizer):
@@ -54,7 +52,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         check_range("eps", eps, 0.0, low_open=True)
         check_range("weight_decay", weight_decay, 0.0)
         check_int("seed", seed)
-        est_options = {k: options.pop(k) for k in _ESTIMATOR_OPTIONS if k in options}
+        est_options = {k: options.pop(k) for k in option_names() if k in options}
         group_defaults = self._group_defaults(**options)
         self.estimator_name = estimator or self.default_estimator
         self.estimator = make_estimator(self.estimator_name, q=q, perturbation=perturbation, **est_options)
