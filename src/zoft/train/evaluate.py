@@ -15,8 +15,8 @@ def evaluate_command(run_dir: str | None, cfg: TrainConfig, split: str = "test")
     if run_dir is not None:
         cfg = read_run_config(Path(run_dir))
     else:
-        cfg.peft, cfg.optimizer, cfg.eps, cfg.q = "full", "zo-sgd", None, None  # zero-shot: no tuning
-    session = Session.build(cfg)
+        cfg.peft = "full"  # zero-shot: the model as loaded, nothing added
+    session = Session.build(cfg, train=False)
     source = "zero-shot"
     if run_dir is not None:
         weights = Path(run_dir) / checkpoint.BEST

@@ -90,20 +90,21 @@ class Session:
     tokenizer: Any
     task: Task
     splits: Any
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None: an evaluation-only session
     objective: Objective
     device: torch.device
     masters: MasterWeights | None = None
 
     @classmethod
-    def build(cls, cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr)) -> "Session":
+    def build(cls, cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr), train: bool = True) -> "Session":
+        """Everything a run needs; ``train=False`` builds no optimizer (evaluation only)."""
         OPTIMIZERS.get(cfg.optimizer)  # unknown names fail before the model loads
         cfg = resolve_precision(cfg, log)
         task = get_task(cfg.task)
         splits = load_splits(cfg.task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         for note in splits.notes:
             log(f"note: {note}")
-        master_weights = cfg.uses_master_weights()  # invalid combinations fail before loading
+        master_weights = train and cfg.uses_master_weights()  # invalid combinations fail before loading
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
         model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
@@ -112,6 +113,14 @@ class Session:
             compile_decoder(model)
             log("compile: the decoder runs under torch.compile(dynamic=True); the first forwards compile")
         model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
+        generation = task.kind == "generation"
+        device = next(model.parameters()).device
+        autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
+        buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
+        objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast,
+                              bucket_positions=buckets)
+        if not train:
+            return cls(cfg, model, tokenizer, task, splits, None, objective, device)
         hp, traits = cfg.optimizer_hparams(), cfg.traits()
         if traits.needs_module:
             hp["module"] = model
@@ -127,12 +136,6 @@ class Session:
             if len(masters):
                 log(f"master weights: fp32 copies of {len(masters)} low-precision trainable tensors")
         optimizer = make_optimizer(cfg.optimizer, groups, **hp)
-        generation = task.kind == "generation"
-        device = next(model.parameters()).device
-        autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
-        buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
-        objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast,
-                              bucket_positions=buckets)
         return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters)
 
     @property
