@@ -16,6 +16,7 @@ from zoft.optim.transforms import newton_schulz
 from zoft.optim.zo import (JaguarMuon, JaguarSign, MatrixLR, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
 from zoft.optim.finetuner import ZOFineTuner
+from zoft.optim.step_reducing import FZOO, HiZOO
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("zo-sgd", ZOSGD)
@@ -30,6 +31,8 @@ OPTIMIZERS.register("forward-grad", ForwardGrad)
 OPTIMIZERS.register("fo-sgd", FOSGD)
 OPTIMIZERS.register("fo-adam", FOAdam)
 OPTIMIZERS.register("zo-finetuner", ZOFineTuner)
+OPTIMIZERS.register("fzoo", FZOO)
+OPTIMIZERS.register("hizoo", HiZOO)
 
 
 def list_optimizers() -> list[str]:
