@@ -26,6 +26,9 @@ ROWS = {
     "zo-finetuner": (dict(lr=0.05, eps=1e-3), dict(lr=0.5, eps=1e-3)),  # untrained FineTuner (build)
     "fzoo": (dict(lr=0.05, eps=1e-3, q=4), dict(lr=0.05, eps=1e-3, q=4)),
     "hizoo": (dict(lr=0.05, eps=1e-3, hessian_smooth=1e-3), dict(lr=0.5, eps=1e-3, hessian_smooth=1e-3)),
+    "lozo": (dict(lr=0.01, eps=1e-3, rank=1, v_interval=5), dict(lr=0.5, eps=1e-3, rank=1, v_interval=5)),
+    "lozo-m": (dict(lr=0.002, eps=1e-3, rank=1, v_interval=5, momentum=0.8),
+               dict(lr=0.1, eps=1e-3, rank=1, v_interval=5, momentum=0.8)),
     "forward-grad": (dict(lr=0.05), dict(lr=0.5)),
     "fo-sgd": (dict(lr=0.1), dict(lr=1.0)),
     "fo-adam": (dict(lr=0.05), dict(lr=0.05)),
@@ -104,7 +107,7 @@ def test_zo_sgd_keeps_no_tensor_state(name):
     assert tensors == []
 
 
-@pytest.mark.parametrize("name, buffers", [("zo-sgd-mmt", 1), ("jaguar-sign", 1), ("jaguar-muon", 1), ("hizoo", 1), ("fzoo", 0),
+@pytest.mark.parametrize("name, buffers", [("zo-sgd-mmt", 1), ("jaguar-sign", 1), ("jaguar-muon", 1), ("hizoo", 1), ("fzoo", 0), ("lozo", 0),
                                            ("zo-muon", 1), ("zo-adam", 2), ("zo-sgd-sign", 0)])
 def test_parameter_sized_buffers(name, buffers):
     model = Quadratic()
@@ -225,3 +228,28 @@ def test_fzoo_step_is_normalised_by_the_loss_spread():
         finals.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
         assert opt.forward_passes == 25 and opt.last_spread > 0
     assert torch.allclose(finals[0], finals[1], rtol=1e-3, atol=1e-5)
+
+
+def test_lozo_moves_a_matrix_by_a_rank_r_update_and_keeps_v_for_its_interval():
+    model = Quadratic()  # w is 5 x 2: rank 1 moves are rank 1
+    opt = build("lozo", model, lr=0.05, eps=1e-3, rank=1, v_interval=3, seed=4)
+    starts, rows = [], []
+    for _ in range(3):
+        before = model.w.detach().clone()
+        opt.step(model)
+        delta = model.w.detach() - before
+        assert torch.linalg.matrix_rank(delta.double(), rtol=1e-5) == 1
+        rows.append(delta / delta.norm())
+    # one V for the three steps: every move's row space is the same line
+    assert all(abs(float((rows[0].T @ r).trace().abs())) > 0 for r in rows)
+    v0 = [torch.linalg.svd(r.double())[2][0] for r in rows]
+    assert all(torch.allclose(v.abs(), v0[0].abs(), atol=1e-6) for v in v0)
+
+
+def test_lozo_m_keeps_an_m_by_r_momentum_per_matrix():
+    model = Quadratic()
+    opt = build("lozo-m", model, lr=0.01, eps=1e-3, rank=1, v_interval=2, seed=4)
+    for _ in range(5):  # crosses two V redraws (the momentum is projected)
+        opt.step(model)
+    assert opt.state[model.w]["lowrank_momentum"].shape == (model.w.shape[0], 1)
+    assert opt.state[model.b]["momentum_buffer"].shape == model.b.shape

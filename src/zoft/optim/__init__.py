@@ -16,7 +16,7 @@ from zoft.optim.transforms import newton_schulz
 from zoft.optim.zo import (JaguarMuon, JaguarSign, MatrixLR, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
 from zoft.optim.finetuner import ZOFineTuner
-from zoft.optim.step_reducing import FZOO, HiZOO
+from zoft.optim.step_reducing import FZOO, LOZO, LOZOM, HiZOO
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("zo-sgd", ZOSGD)
@@ -33,6 +33,8 @@ OPTIMIZERS.register("fo-adam", FOAdam)
 OPTIMIZERS.register("zo-finetuner", ZOFineTuner)
 OPTIMIZERS.register("fzoo", FZOO)
 OPTIMIZERS.register("hizoo", HiZOO)
+OPTIMIZERS.register("lozo", LOZO)
+OPTIMIZERS.register("lozo-m", LOZOM)
 
 
 def list_optimizers() -> list[str]:

@@ -3,6 +3,9 @@
   fzoo    N one-sided Rademacher queries; the step is normalised by the spread of the N
           perturbed losses (Dang et al., "FZOO: Fast Zeroth-Order Optimizer for Fine-Tuning
           Large Language Models towards Adam-Scale Speed", 2025). N + 1 forward passes, no state.
+  lozo    central two-point ZO along a low-rank U V^T per matrix, V kept for several steps
+          (Chen et al., "Enhancing Zeroth-Order Fine-Tuning for Language Models with Low-Rank
+          Structures", ICLR 2025); lozo-m adds its m x r momentum. 2 forward passes.
   hizoo   central two-point ZO along u / sqrt(h), h a per-entry curvature estimate smoothed
           over steps from the same three losses (Zhao et al., "Second-Order Fine-Tuning without
           Pain for LLMs: A Hessian Informed Zeroth-Order Optimizer", ICLR 2025). 3 forward
@@ -167,3 +170,141 @@ class HiZOO(ZOOptimizer):
                 space.displace(v, -at)
             raise NonFiniteLossError(f"loss is {value}; parameters were restored (lower the lr or eps)")
         return value
+
+
+class _LowRank:
+    """LOZO's direction: Z_j = U_j V_j^T for a matrix (U: m x r, drawn per step; V: n x r, drawn
+    once per ``v_interval`` steps), a dense Gaussian for every other tensor. Both factors are
+    regenerated from seeds: nothing is stored, and a move is one in-place addmm (no dense
+    temporary for float32 matrices)."""
+
+    def __init__(self, seed: int, v_seed: int, rank: int, sampler) -> None:
+        self.seed, self.v_seed, self.rank, self.sampler = seed, v_seed, rank, sampler
+
+    def factors(self, j: int, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.sampler.draw(torch.Size((p.shape[0], self.rank)), derive_seed(self.seed, j), torch.float32, p.device)
+        return u, self.v(j, p)
+
+    def v(self, j: int, p: torch.Tensor, v_seed: int | None = None) -> torch.Tensor:
+        key = derive_seed(self.v_seed if v_seed is None else v_seed, j)
+        return self.sampler.draw(torch.Size((p.shape[1], self.rank)), key, torch.float32, p.device)
+
+    def materialize(self, j: int, p: torch.Tensor) -> torch.Tensor:
+        if p.ndim != 2:
+            return self.sampler.draw(p.shape, derive_seed(self.seed, j), p.dtype, p.device)
+        u, v = self.factors(j, p)
+        return (u @ v.T).to(p.dtype)
+
+    def displace(self, j: int, p: torch.Tensor, alpha: float) -> None:
+        if p.ndim == 2 and p.dtype == torch.float32:
+            u, v = self.factors(j, p)
+            p.addmm_(u, v.T, alpha=alpha)
+        else:
+            p.add_(self.materialize(j, p), alpha=alpha)
+
+    def displace_all(self, params: Sequence[torch.Tensor], alphas: Sequence[float]) -> None:
+        for j, (p, a) in enumerate(zip(params, alphas)):
+            if a:
+                self.displace(j, p, a)
+
+    def support(self, j: int, p: torch.Tensor) -> None:
+        return None
+
+    def weight(self, j: int, p: torch.Tensor) -> float:
+        return 1.0
+
+
+class LOZO(ZOOptimizer):
+    """LOZO (low-rank ZO-SGD; Chen et al., ICLR 2025): the central two-point estimate along
+    Z = U V^T per matrix (rank ``rank``, V redrawn every ``v_interval`` steps, U every step),
+    a dense Gaussian for the other tensors (norm gains, biases: the paper's rule), then
+    x <- (1 - lr wd) x - lr (f+ - f-) / (2 eps) Z. No state; U and V are seeds.
+
+    With ``momentum`` > 0 (``lozo-m``): per matrix an m x r buffer N with M = N V^T
+    (within one V period every estimate is a U_t V^T, so M = sum beta^k a_k U_k V^T = N V^T);
+    N <- beta N + a U, x <- x - lr N V^T. When V is redrawn, N is carried over by projecting
+    M onto the new V: N <- N (V_old^T V_new) / n (V^T V ~ n I). Other tensors: heavy-ball
+    momentum on their dense estimate. Memory: m x r floats per matrix instead of m x n.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, eps: float = 1e-3, q: int = 1,
+                 estimator: str | None = None, perturbation: str = "gaussian", weight_decay: float = 0.0,
+                 seed: int = 0, rank: int = 2, v_interval: int = 50, momentum: float = 0.0,
+                 **options: Any) -> None:
+        if estimator not in (None, "central") or q != 1:
+            raise ValueError("lozo uses its own central two-point query along U V^T (q = 1, estimator central)")
+        if perturbation != "gaussian":
+            raise ValueError(f"invalid perturbation {perturbation!r} for lozo; allowed: gaussian")
+        check_int("rank", rank, 1)
+        check_int("v_interval", v_interval, 1)
+        check_range("momentum", momentum, 0.0, 1.0)
+        rng = options.pop("rng", "torch")
+        super().__init__(params, lr=lr, eps=eps, q=1, estimator="central", perturbation="gaussian",
+                         weight_decay=weight_decay, seed=seed, rng=rng, **options)
+        self.config.update(rank=rank, v_interval=v_interval, momentum=momentum)
+        self.sampler = get_sampler("gaussian", rng)
+
+    def _direction(self, step: int) -> _LowRank:
+        interval = self.config["v_interval"]
+        return _LowRank(derive_seed(self.seed, step), derive_seed(self.seed, -1, step // interval),
+                        self.config["rank"], self.sampler)
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("LOZO.step needs a closure that returns the loss")
+        pairs = self._tensors()
+        space = ParamSpace([p for p, _ in pairs], [g["eps"] for _, g in pairs])
+        z = self._direction(self.steps_taken)
+        losses, offset = [], 0.0
+        for r in (1.0, -2.0):
+            space.displace(z, r)
+            offset += r
+            value = loss_value(closure())
+            if not math.isfinite(value):
+                space.displace(z, -offset)
+                raise NonFiniteLossError(f"loss is {value}; parameters were restored (lower the lr or eps)")
+            losses.append(value)
+        f_plus, f_minus = losses
+        beta = self.config["momentum"]
+        for j, (p, group) in enumerate(pairs):
+            eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
+            a = (f_plus - f_minus) / (2 * eps)
+            z.displace(j, p, eps)  # restore x
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            if not beta:
+                z.displace(j, p, -lr * a)
+                continue
+            self._momentum_update(j, p, z, a, lr, beta)
+        self.forward_passes += 2
+        self.steps_taken += 1
+        return torch.tensor((f_plus + f_minus) / 2)
+
+    def _momentum_update(self, j: int, p: torch.Tensor, z: _LowRank, a: float, lr: float, beta: float) -> None:
+        state = self.state[p]
+        if p.ndim != 2:
+            buf = state.setdefault("momentum_buffer", torch.zeros(p.shape, dtype=torch.float32, device=p.device))
+            buf.mul_(beta).add_(z.materialize(j, p).float(), alpha=a)
+            p.add_(buf.to(p.dtype), alpha=-lr)
+            return
+        u, v = z.factors(j, p)
+        buf = state.get("lowrank_momentum")
+        if buf is None:
+            buf = state["lowrank_momentum"] = torch.zeros(p.shape[0], z.rank, dtype=torch.float32, device=p.device)
+            state["v_seed"] = z.v_seed
+        elif state["v_seed"] != z.v_seed:  # V was redrawn: carry M = N V_old^T over to the new V
+            buf.copy_(buf @ (z.v(j, p, state["v_seed"]).T @ v) / p.shape[1])
+            state["v_seed"] = z.v_seed
+        buf.mul_(beta).add_(u, alpha=a)
+        if p.dtype == torch.float32:
+            p.addmm_(buf, v.T, alpha=-lr)
+        else:
+            p.add_((buf @ v.T).to(p.dtype), alpha=-lr)
+
+
+class LOZOM(LOZO):
+    """LOZO-M: LOZO with its low-rank momentum (default momentum 0.9; see LOZO)."""
+
+    def __init__(self, params: Iterable, momentum: float = 0.9, **kwargs: Any) -> None:
+        super().__init__(params, momentum=momentum, **kwargs)
