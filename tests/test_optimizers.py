@@ -29,6 +29,8 @@ ROWS = {
     "lozo": (dict(lr=0.01, eps=1e-3, rank=1, v_interval=5), dict(lr=0.5, eps=1e-3, rank=1, v_interval=5)),
     "lozo-m": (dict(lr=0.002, eps=1e-3, rank=1, v_interval=5, momentum=0.8),
                dict(lr=0.1, eps=1e-3, rank=1, v_interval=5, momentum=0.8)),
+    "subzero": (dict(lr=0.01, eps=1e-3, rank=1, v_interval=5), dict(lr=0.5, eps=1e-3, rank=1, v_interval=5)),
+    "sparse-mezo": (dict(lr=0.05, eps=1e-3, sparsity=0.5), dict(lr=0.5, eps=1e-3, sparsity=0.5)),
     "forward-grad": (dict(lr=0.05), dict(lr=0.5)),
     "fo-sgd": (dict(lr=0.1), dict(lr=1.0)),
     "fo-adam": (dict(lr=0.05), dict(lr=0.05)),
@@ -108,6 +110,7 @@ def test_zo_sgd_keeps_no_tensor_state(name):
 
 
 @pytest.mark.parametrize("name, buffers", [("zo-sgd-mmt", 1), ("jaguar-sign", 1), ("jaguar-muon", 1), ("hizoo", 1), ("fzoo", 0), ("lozo", 0),
+                                           ("subzero", 0), ("sparse-mezo", 0),
                                            ("zo-muon", 1), ("zo-adam", 2), ("zo-sgd-sign", 0)])
 def test_parameter_sized_buffers(name, buffers):
     model = Quadratic()
@@ -253,3 +256,14 @@ def test_lozo_m_keeps_an_m_by_r_momentum_per_matrix():
         opt.step(model)
     assert opt.state[model.w]["lowrank_momentum"].shape == (model.w.shape[0], 1)
     assert opt.state[model.b]["momentum_buffer"].shape == model.b.shape
+
+
+def test_sparse_mezo_moves_only_the_small_magnitude_entries():
+    model = Quadratic()
+    with torch.no_grad():
+        model.b.copy_(torch.arange(model.b.numel(), dtype=torch.float32))  # |b| = 0, 1, ..., 9
+    opt = build("sparse-mezo", model, lr=0.05, eps=1e-3, sparsity=0.3, seed=1)
+    before = model.b.detach().clone()
+    opt.step(model)
+    moved = (model.b.detach() != before).nonzero().reshape(-1).tolist()
+    assert moved and set(moved) <= {0, 1, 2}  # the 30% smallest magnitudes

@@ -16,7 +16,7 @@ from zoft.optim.transforms import newton_schulz
 from zoft.optim.zo import (JaguarMuon, JaguarSign, MatrixLR, ZOAdam, ZOMuon, ZOSGD, ZOSGDCons,
                            ZOSGDMomentum, ZOSignSGD)
 from zoft.optim.finetuner import ZOFineTuner
-from zoft.optim.step_reducing import FZOO, LOZO, LOZOM, HiZOO
+from zoft.optim.step_reducing import FZOO, LOZO, LOZOM, HiZOO, SparseMeZO, SubZero
 
 OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer")
 OPTIMIZERS.register("zo-sgd", ZOSGD)
@@ -35,6 +35,8 @@ OPTIMIZERS.register("fzoo", FZOO)
 OPTIMIZERS.register("hizoo", HiZOO)
 OPTIMIZERS.register("lozo", LOZO)
 OPTIMIZERS.register("lozo-m", LOZOM)
+OPTIMIZERS.register("subzero", SubZero)
+OPTIMIZERS.register("sparse-mezo", SparseMeZO)
 
 
 def list_optimizers() -> list[str]:

@@ -6,6 +6,10 @@
   lozo    central two-point ZO along a low-rank U V^T per matrix, V kept for several steps
           (Chen et al., "Enhancing Zeroth-Order Fine-Tuning for Language Models with Low-Rank
           Structures", ICLR 2025); lozo-m adds its m x r momentum. 2 forward passes.
+  subzero central two-point ZO along P S Q^T per matrix, P and Q random orthonormal bases kept
+          for several steps (Yu et al., "Zeroth-Order Fine-Tuning of LLMs in Random Subspaces", 2024).
+  sparse-mezo  MeZO on the small-magnitude entries of each tensor only (Liu et al., "Sparse MeZO:
+          Less Parameters for Better Performance in Zeroth-Order LLM Fine-Tuning", 2024).
   hizoo   central two-point ZO along u / sqrt(h), h a per-entry curvature estimate smoothed
           over steps from the same three losses (Zhao et al., "Second-Order Fine-Tuning without
           Pain for LLMs: A Hessian Informed Zeroth-Order Optimizer", ICLR 2025). 3 forward
@@ -308,3 +312,108 @@ class LOZOM(LOZO):
 
     def __init__(self, params: Iterable, momentum: float = 0.9, **kwargs: Any) -> None:
         super().__init__(params, momentum=momentum, **kwargs)
+
+
+def _orthonormal(sampler, key: int, rows: int, rank: int, device) -> torch.Tensor:
+    """rows x rank with orthonormal columns: the Q of a seeded Gaussian's QR (signs fixed by R's
+    diagonal, so the same key gives the same basis on every call)."""
+    g = sampler.draw(torch.Size((rows, rank)), key, torch.float32, device)
+    q, r = torch.linalg.qr(g)
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))
+
+
+class _Subspace(_LowRank):
+    """SubZero's direction: Z_j = P_j S_j Q_j^T for a matrix (P: m x r and Q: n x r orthonormal,
+    redrawn every ``interval`` steps; S: r x r Gaussian, drawn every step), a dense Gaussian for
+    other tensors. Scaled by sqrt(m n) / r so that E||Z||^2 = m n, as a dense Gaussian's."""
+
+    def factors(self, j: int, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        m, n, r = p.shape[0], p.shape[1], min(self.rank, p.shape[0], p.shape[1])
+        basis_p = _orthonormal(self.sampler, derive_seed(self.v_seed, j, 0), m, r, p.device)
+        basis_q = _orthonormal(self.sampler, derive_seed(self.v_seed, j, 1), n, r, p.device)
+        s = self.sampler.draw(torch.Size((r, r)), derive_seed(self.seed, j), torch.float32, p.device)
+        return basis_p @ s * (math.sqrt(m * n) / r), basis_q
+
+
+class SubZero(LOZO):
+    """SubZero (Yu et al., 2024): the central two-point estimate along a random subspace
+    direction per matrix, Z = P S Q^T (orthonormal P, Q redrawn every ``v_interval`` steps,
+    S an r x r Gaussian each step), x <- x - lr a Z. No state: P, Q and S are seeds (their QR
+    is recomputed at each regeneration, O((m + n) r^2) per matrix)."""
+
+    def __init__(self, params: Iterable, rank: int = 8, v_interval: int = 100, **kwargs: Any) -> None:
+        if kwargs.get("momentum"):
+            raise ValueError("subzero has no momentum (use lozo-m for a low-rank momentum)")
+        super().__init__(params, rank=rank, v_interval=v_interval, **kwargs)
+
+    def _direction(self, step: int) -> _LowRank:
+        interval = self.config["v_interval"]
+        return _Subspace(derive_seed(self.seed, step), derive_seed(self.seed, -2, step // interval),
+                         self.config["rank"], self.sampler)
+
+
+class SparseMeZO(ZOOptimizer):
+    """Sparse-MeZO (Liu et al., 2024): ZO-SGD that perturbs and updates only the entries of
+    each tensor whose magnitude is at most the tensor's ``sparsity`` quantile of |x| (the small
+    weights; ``sparsity`` is the fraction perturbed, default 0.25). The mask is recomputed from
+    the unperturbed x at the start of every step and lives for that step only (one bool per
+    entry of the tensors being stepped); the directions are MeZO's seeded Gaussians times it.
+    x <- (1 - lr wd) x - lr (f+ - f-) / (2 eps) (m * u)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, eps: float = 1e-3, q: int = 1,
+                 estimator: str | None = None, perturbation: str = "gaussian", weight_decay: float = 0.0,
+                 seed: int = 0, sparsity: float = 0.25, **options: Any) -> None:
+        if estimator not in (None, "central") or q != 1:
+            raise ValueError("sparse-mezo uses its own central two-point query (q = 1, estimator central)")
+        if perturbation != "gaussian":
+            raise ValueError(f"invalid perturbation {perturbation!r} for sparse-mezo; allowed: gaussian")
+        check_range("sparsity", sparsity, 0.0, 1.0, low_open=True)
+        rng = options.pop("rng", "torch")
+        super().__init__(params, lr=lr, eps=eps, q=1, estimator="central", perturbation="gaussian",
+                         weight_decay=weight_decay, seed=seed, rng=rng, **options)
+        self.config.update(sparsity=sparsity)
+        self.sampler = get_sampler("gaussian", rng)
+
+    def _masks(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for p in params:
+            a = p.detach().abs().reshape(-1).float()
+            k = max(1, int(round(self.config["sparsity"] * a.numel())))
+            threshold = a.kthvalue(k).values
+            out.append((p.detach().abs() <= threshold.to(p.dtype)))
+        return out
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> torch.Tensor:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("SparseMeZO.step needs a closure that returns the loss")
+        pairs = self._tensors()
+        params = [p for p, _ in pairs]
+        masks = self._masks(params)
+        seed = derive_seed(self.seed, self.steps_taken)
+
+        def move(r: float) -> None:
+            for j, (p, group) in enumerate(pairs):
+                u = self.sampler.draw(p.shape, derive_seed(seed, j), torch.float32, p.device).mul_(masks[j])
+                p.add_(u.to(p.dtype), alpha=r * group["eps"])
+
+        losses, offset = [], 0.0
+        for r in (1.0, -2.0):
+            move(r)
+            offset += r
+            value = loss_value(closure())
+            if not math.isfinite(value):
+                move(-offset)
+                raise NonFiniteLossError(f"loss is {value}; parameters were restored (lower the lr or eps)")
+            losses.append(value)
+        f_plus, f_minus = losses
+        for j, (p, group) in enumerate(pairs):
+            eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
+            u = self.sampler.draw(p.shape, derive_seed(seed, j), torch.float32, p.device).mul_(masks[j])
+            p.add_(u.to(p.dtype), alpha=eps)  # restore
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            p.add_(u.to(p.dtype), alpha=-lr * (f_plus - f_minus) / (2 * eps))
+        self.forward_passes += 2
+        self.steps_taken += 1
+        return torch.tensor((f_plus + f_minus) / 2)
