@@ -58,7 +58,8 @@ def one_process(args: list[str], out: Path) -> dict:
     return train(cfg)
 
 
-@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "jaguar-sign", "zo-sgd-cons", "zo-finetuner", "fo-sgd"])
+@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam", "jaguar-sign", "zo-sgd-cons", "zo-finetuner", "fzoo",
+                                       "lozo-m", "fo-sgd"])
 def test_two_ranks_follow_one_rank(tmp_path, optimizer):
     args = ARGS + ["--optimizer", optimizer] + ([] if optimizer.startswith("fo-") else ["--rng", "torch"])
     if optimizer == "zo-finetuner":  # its networks read the all-reduced losses of the last step
@@ -74,14 +75,20 @@ def test_two_ranks_follow_one_rank(tmp_path, optimizer):
     torch.testing.assert_close(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5, atol=1e-6)
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert w1.keys() == w2.keys()
+    # the ranks sum the batch's losses in another order: f+ - f- differs in the last float bits,
+    # and a / (2 eps) amplifies that; LOZO-M's momentum of rank-r moves (entries of U V^T are
+    # sums of r products) accumulates it to ~3e-6 in 4 steps
+    atol = 1e-5 if optimizer == "lozo-m" else 1e-6
     for name in w1:
-        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=atol, msg=name)
     summary = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["processes"] == 2
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     sent = [r["comm_bytes"] for r in rows if "comm_bytes" in r]
     per_step = sent[-1] / len(sent)
-    if optimizer.startswith("zo") or optimizer.startswith("jaguar"):
+    from zoft.optim import optimizer_traits
+
+    if optimizer_traits(optimizer).zeroth_order:
         assert per_step < 1000  # a few scalars per query, whatever the model size
     else:
         n_params = sum(v.numel() for v in w1.values())
