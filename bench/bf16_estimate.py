@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-from zoft.train.config import DEFAULT_EPS, TrainConfig
+from zoft.peft import SCHEMES
+from zoft.train.config import TrainConfig
 from zoft.train.data import micro_batch
 from zoft.train.objective import Objective
 from zoft.train.session import Session
@@ -115,7 +116,7 @@ def measure_scheme(args, scheme: str) -> list[dict]:
                 for (_, p), o in zip(params, origin[name]):
                     p.copy_(o)
             print(f"  {scheme} direction {k + 1}/{args.directions}: d={d:+.4f} "
-                  + " ".join(f"{c}@{e:g}={est[(c, e)][-1]:+.4f}" for c in cells for e in (DEFAULT_EPS[scheme],)),
+                  + " ".join(f"{c}@{e:g}={est[(c, e)][-1]:+.4f}" for c in cells for e in (SCHEMES.get(scheme).default_eps,)),
                   flush=True)
     del u
     rms_d = math.sqrt(statistics.fmean(x * x for x in exact))
@@ -169,7 +170,7 @@ def plot(rows: list[dict], path: Path, threshold: float) -> None:
                          if r["scheme"] == scheme and r["precision"] == precision)
             ax.plot(*zip(*pts), marker="o", label=precision)
         ax.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"break at {threshold}")
-        ax.axvline(DEFAULT_EPS[scheme], color="grey", linestyle=":", linewidth=1, label="MeZO's eps")
+        ax.axvline(SCHEMES.get(scheme).default_eps, color="grey", linestyle=":", linewidth=1, label="MeZO's eps")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("eps")

@@ -45,7 +45,8 @@ from pathlib import Path
 import torch
 
 from zoft.optim import list_optimizers
-from zoft.train.config import DEFAULT_EPS, TrainConfig
+from zoft.peft import SCHEMES
+from zoft.train.config import TrainConfig
 from zoft.train.data import micro_batch
 from zoft.train.loop import take_step
 from zoft.train.metering import Meter, synchronize
@@ -199,7 +200,7 @@ def main() -> None:
             for rng in (args.rngs if zo else ["-"]):
                 cfg = TrainConfig(model=args.model, task="sentiment-demo", peft=scheme, dtype="fp32",
                                   optimizer="zo-sgd" if name == MEZO else name, lr=1e-7,
-                                  eps=DEFAULT_EPS[scheme] if name == MEZO else None,
+                                  eps=SCHEMES.get(scheme).default_eps if name == MEZO else None,
                                   rng=rng.removesuffix("-compiled") if zo else None,
                                   perturbation=args.perturbation if zo else None,
                                   batch_size=args.batch_size, max_length=args.max_length, device=args.device,

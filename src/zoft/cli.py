@@ -25,14 +25,14 @@ FLAGS: list[tuple[str, type, str]] = [
     ("test-size", int, "test examples (MeZO: 1000)"),
     ("max-length", int, "tokens per sequence (prompts are cut from the left)"),
     ("bucket-positions", int, "run a batch's rows in length buckets of >= N padded positions (default 64; 0: one padded batch)"),
-    ("peft", str, "full | lora | prefix | prompt"),
-    ("optimizer", str, "optimizer name (zoft list)"),
+    ("peft", str, ""),  # help: _choices_help
+    ("optimizer", str, ""),  # help: _choices_help
     ("lr", float, "learning rate"),
-    ("eps", float, "ZO perturbation size mu (default by scheme: full 1e-3, lora 1e-2, prefix and prompt 1e-1)"),
+    ("eps", float, ""),  # help: _choices_help
     ("q", int, "ZO queries per step"),
-    ("estimator", str, "central | forward | telescoping-p3 | telescoping-p4 | coordinate"),
-    ("perturbation", str, "gaussian | rademacher | sphere | dap"),
-    ("rng", str, "ZO noise engine: torch (torch.Generator) | counter (compiled counter-based hash; faster on CPU). Default: counter for --peft full, torch otherwise"),
+    ("estimator", str, ""),  # help: _choices_help
+    ("perturbation", str, ""),  # help: _choices_help
+    ("rng", str, ""),  # help: _choices_help
     ("momentum", float, "momentum / JAGUAR beta"),
     ("weight-decay", float, "weight decay (never on biases and norms)"),
     ("finetuner", str, "zo-finetuner's learned file, written by zoft learn-finetuner"),
@@ -67,9 +67,25 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key.replace("-", "_"), raw
 
 
+def _choices_help() -> dict[str, str]:
+    """Help for the flags that name a registered plugin, listing what is registered now."""
+    from zoft.estimators import ESTIMATORS
+    from zoft.optim import list_optimizers
+    from zoft.peft import SCHEMES
+    from zoft.perturb import PERTURBATIONS, RNGS
+
+    return {"peft": " | ".join(SCHEMES.names()), "estimator": " | ".join(ESTIMATORS.names()),
+            "perturbation": " | ".join(PERTURBATIONS), "optimizer": ", ".join(list_optimizers()),
+            "rng": " | ".join(RNGS) + " (ZO noise engine; default: counter where the scheme trains "
+                   "every weight, e.g. full, else torch)",
+            "eps": "ZO perturbation size mu (default by scheme: " + ", ".join(
+                f"{n} {SCHEMES.get(n).default_eps:g}" for n in SCHEMES.names()) + ")"}
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    generated = _choices_help()
     for name, kind, help_text in FLAGS:
-        p.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=help_text)
+        p.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS, help=generated.get(name, help_text))
     p.add_argument("--config", help="YAML/TOML/JSON file with the same keys; flags override it")
     p.add_argument("--opt", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="other optimizer hyperparameters, e.g. --opt betas=[0.9,0.99]")

@@ -7,7 +7,8 @@ perturb exactly those, so :func:`trainable_parameters` is the parameter list to 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 from typing import Iterator
 
 from peft import PeftModel, PeftType
@@ -24,7 +25,15 @@ _PREPENDING = (PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.MULTITASK_PRO
 
 @dataclass
 class SchemeConfig:
-    """Base of the scheme configs: options are dataclass fields with help text in metadata."""
+    """Base of the scheme configs: options are dataclass fields with help text in metadata.
+
+    Class-level traits, read by TrainConfig instead of testing scheme names:
+    ``default_eps`` (MeZO's perturbation size for the scheme, Malladi et al. 2023, appendix)
+    and ``dense`` (every base weight is trainable: dense noise over the whole model, so the
+    counter noise engine and amp-bf16 pay off and master weights would double the model)."""
+
+    default_eps: ClassVar[float] = 1e-3
+    dense: ClassVar[bool] = False
 
     seed: int = field(default=0, metadata={
         "help": "seed of the adapter's random initialisation (the global RNG is left as is)"})
@@ -39,7 +48,7 @@ class SchemeConfig:
     @classmethod
     def options(cls) -> dict[str, str]:
         """Option name -> help text."""
-        return {f.name: f.metadata.get("help", "") for f in cls.__dataclass_fields__.values()}
+        return {f.name: f.metadata.get("help", "") for f in fields(cls)}  # ClassVar traits excluded
 
 
 def cuda_indices(model: nn.Module) -> tuple[int, ...]:

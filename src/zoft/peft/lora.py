@@ -29,6 +29,8 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 class LoraSchemeConfig(SchemeConfig):
     """Options of the ``lora`` scheme."""
 
+    default_eps = 1e-2
+
     lora_r: int = field(default=8, metadata={"help": "rank r of the update B A"})
     lora_alpha: float = field(default=16, metadata={"help": "scale: the update is (alpha / r) B A"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input, in [0, 1)"})

@@ -30,6 +30,8 @@ INITS = ("real", "random")
 class PrefixSchemeConfig(SchemeConfig):
     """Options of the ``prefix`` scheme."""
 
+    default_eps = 1e-1
+
     prefix_tokens: int = field(default=5, metadata={"help": "prefix length per layer (MeZO: 5)"})
     prefix_init: str = field(default="real", metadata={
         "help": "real: key/values of random vocabulary tokens (MeZO); random: N(0, 1)"})

@@ -26,6 +26,8 @@ INITS = {"vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RAND
 class PromptSchemeConfig(SchemeConfig):
     """Options of the ``prompt`` scheme."""
 
+    default_eps = 1e-1
+
     prompt_tokens: int = field(default=10, metadata={"help": "number of soft prompt tokens"})
     prompt_init: str = field(default="vocab", metadata={
         "help": "vocab: embeddings of random vocabulary tokens; random: N(0, 1)"})

@@ -12,8 +12,6 @@ from typing import Any
 from zoft.core.checks import as_float, check_bool, check_int, check_range, invalid
 
 ZO_ONLY = ("eps", "q", "estimator", "perturbation", "rng")
-DEFAULT_EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
-"""MeZO's perturbation size per scheme (Malladi et al. 2023, appendix), used when eps is unset."""
 TRAINER_OPTIONS = ("orthogonalise_embeddings",)
 """opt_options keys that shape the param groups instead of going to make_optimizer."""
 DEFAULT_BUCKET_POSITIONS = 64
@@ -116,6 +114,16 @@ class TrainConfig:
 
         return optimizer_traits(self.optimizer)
 
+    def scheme(self):
+        """The PEFT scheme's config class, whose traits (default_eps, dense) decide defaults."""
+        from zoft.peft import SCHEMES  # here, not at the top: this module does not import torch
+
+        return SCHEMES.get(self.peft)
+
+    def default_eps(self) -> float:
+        """MeZO's perturbation size for the scheme, used when eps is unset."""
+        return self.scheme().default_eps
+
     def backprop(self) -> bool:
         """Whether the optimizer differentiates the model (FO baselines, forward-grad)."""
         return not self.traits().zeroth_order
@@ -130,7 +138,7 @@ class TrainConfig:
         if self.master_weights is None:
             if self.dtype == "auto":
                 raise ValueError("dtype 'auto' is resolved before the run is built (zoft.train.session.resolve_precision)")
-            return not backprop and self.peft != "full" and self.dtype in ("bf16", "fp16")
+            return not backprop and not self.scheme().dense and self.dtype in ("bf16", "fp16")
         return bool(self.master_weights)
 
     def optimizer_hparams(self) -> dict[str, Any]:
@@ -141,8 +149,8 @@ class TrainConfig:
                 hp[key] = getattr(self, key)
         traits = self.traits()
         if "eps" not in hp and traits.takes_eps:
-            hp["eps"] = DEFAULT_EPS.get(self.peft, 1e-3)
-        if "rng" not in hp and self.peft == "full" and traits.takes_rng:
+            hp["eps"] = self.default_eps()
+        if "rng" not in hp and self.scheme().dense and traits.takes_rng:
             hp["rng"] = DEFAULT_FULL_RNG
         if (self.finetuner is not None) != traits.needs_finetuner:
             raise ValueError("--finetuner FILE goes with an optimizer that reads one (zo-finetuner), and "

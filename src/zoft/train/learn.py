@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zoft.learned import learn_finetuner
-from zoft.train.config import DEFAULT_EPS, TrainConfig
+from zoft.train.config import TrainConfig
 from zoft.train.session import Session
 
 
@@ -47,7 +47,7 @@ def learn_command(train_cfg: TrainConfig, learn: LearnConfig, out: str | Path) -
     if not batches:
         raise ValueError(f"{len(examples)} training examples: fewer than one batch of {size}")
     reset_every = learn.reset_every or learn.epochs_per_reset * len(batches)
-    eps = learn.eps if learn.eps is not None else DEFAULT_EPS.get(cfg.peft, 1e-3)
+    eps = learn.eps if learn.eps is not None else cfg.default_eps()
     start, every = time.perf_counter(), max(1, learn.steps // 20)
 
     def progress(t: int, meta_loss: float, base_loss: float, scales: list[float]) -> None:

@@ -57,7 +57,7 @@ def resolve_precision(cfg: TrainConfig, log=lambda m: None) -> TrainConfig:
     if check_dtype(cfg.dtype) != "auto":
         return cfg
     device = "cuda" if cfg.device_map is not None and torch.cuda.is_available() else resolve_device(cfg.device)
-    dtype, why = resolve_dtype(cfg.dtype, device, cfg.backprop(), cfg.peft == "full")
+    dtype, why = resolve_dtype(cfg.dtype, device, cfg.backprop(), cfg.scheme().dense)
     log(f"precision: {dtype} ({why}; --dtype fp32 turns it off)")
     return dataclasses.replace(cfg, dtype=dtype)
 
