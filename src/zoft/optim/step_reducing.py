@@ -31,6 +31,21 @@ from zoft.optim.base import ZOOptimizer, displace_along
 from zoft.perturb import get_sampler
 
 
+def _central_pair(closure: Closure, move) -> tuple[float, float]:
+    """f(x + eps z) and f(x - eps z), ``move(r)`` displacing x by r eps z; on return x is at
+    x - eps z (the caller's update pass restores it). A non-finite loss restores x and raises."""
+    losses, offset = [], 0.0
+    for r in (1.0, -2.0):
+        move(r)
+        offset += r
+        value = loss_value(closure())
+        if not math.isfinite(value):
+            move(-offset)
+            raise NonFiniteLossError(f"loss is {value}; parameters were restored (lower the lr or eps)")
+        losses.append(value)
+    return losses[0], losses[1]
+
+
 class FZOO(ZOOptimizer):
     """FZOO: x <- x - lr / (N sigma) sum_i (f(x + eps u_i) - f(x)) u_i, u_i Rademacher.
 
@@ -260,16 +275,7 @@ class LOZO(ZOOptimizer):
         pairs = self._tensors()
         space = ParamSpace([p for p, _ in pairs], [g["eps"] for _, g in pairs])
         z = self._direction(self.steps_taken)
-        losses, offset = [], 0.0
-        for r in (1.0, -2.0):
-            space.displace(z, r)
-            offset += r
-            value = loss_value(closure())
-            if not math.isfinite(value):
-                space.displace(z, -offset)
-                raise NonFiniteLossError(f"loss is {value}; parameters were restored (lower the lr or eps)")
-            losses.append(value)
-        f_plus, f_minus = losses
+        f_plus, f_minus = _central_pair(closure, lambda r: space.displace(z, r))
         beta = self.config["momentum"]
         for j, (p, group) in enumerate(pairs):
             eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
@@ -397,16 +403,7 @@ class SparseMeZO(ZOOptimizer):
                 u = self.sampler.draw(p.shape, derive_seed(seed, j), torch.float32, p.device).mul_(masks[j])
                 p.add_(u.to(p.dtype), alpha=r * group["eps"])
 
-        losses, offset = [], 0.0
-        for r in (1.0, -2.0):
-            move(r)
-            offset += r
-            value = loss_value(closure())
-            if not math.isfinite(value):
-                move(-offset)
-                raise NonFiniteLossError(f"loss is {value}; parameters were restored (lower the lr or eps)")
-            losses.append(value)
-        f_plus, f_minus = losses
+        f_plus, f_minus = _central_pair(closure, move)
         for j, (p, group) in enumerate(pairs):
             eps, lr, wd = group["eps"], group["lr"], group["weight_decay"]
             u = self.sampler.draw(p.shape, derive_seed(seed, j), torch.float32, p.device).mul_(masks[j])
