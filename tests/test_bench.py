@@ -397,3 +397,25 @@ def test_reach_table_counts_forward_passes_to_each_dev_level(tmp_path):
     assert "reach dev metric 0.70" in text and "reach dev metric 0.80" in text
     assert "| zo-sgd | 8 (6 s) |" in text  # first reached at step 4: 8 passes, 6 s
     assert text.count("not reached") == 3  # zo-adam twice, zo-sgd at 0.80
+
+
+def test_packed_cells_report_the_same_tables(tmp_path):
+    """zoft report --pack moves finished cells into cells.zip; the report reads it unchanged."""
+    import shutil
+
+    from zoft.bench.store import ARCHIVE
+
+    src = Path(__file__).resolve().parents[1] / "docs" / "results" / "accuracy_full"
+    out = tmp_path / "grid"
+    shutil.copytree(src, out)
+    before = main_report(out)
+    (out / "cells" / "unfinished").mkdir()  # a loose cell without a summary stays loose
+    (out / "cells" / "unfinished" / "train.log").write_text("running\n")
+    assert main(["report", str(out), "--pack"]) == 0
+    assert (out / ARCHIVE).exists() and sorted(p.name for p in (out / "cells").iterdir()) == ["unfinished"]
+    assert main_report(out) == before
+
+
+def main_report(out):
+    assert main(["report", str(out)]) == 0
+    return (out / "tables.md").read_text(), (out / "results.csv").read_text()

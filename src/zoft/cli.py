@@ -185,6 +185,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from zoft.bench import build_report
 
+    if args.pack:
+        from zoft.bench.store import ARCHIVE, pack
+
+        packed = pack(Path(args.out))
+        print(f"packed {len(packed)} finished cells into {Path(args.out) / ARCHIVE}")
     rows = build_report(Path(args.out))
     print(f"{len(rows)} cells; wrote {Path(args.out) / 'results.csv'}, tables.md and plots")
     return 0
@@ -257,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn.set_defaults(func=_cmd_learn)
     report = sub.add_parser("report", help="rebuild results.csv, tables.md and plots of a bench folder")
     report.add_argument("out", help="a folder written by zoft bench")
+    report.add_argument("--pack", action="store_true",
+                        help="first move finished cells' text files into OUT/cells.zip (the report reads both)")
     report.set_defaults(func=_cmd_report)
     return parser
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from zoft.bench import store
 
 
 def _metrics(out: Path, key: str) -> list[dict]:
-    path = out / "cells" / key / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return store.jsonl(out, key)
 
 
 SMOOTH = 0.1  # running-mean window of the loss curves, as a fraction of the run's steps

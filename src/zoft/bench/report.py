@@ -14,6 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from zoft.bench import store
 from zoft.bench.grid import ZERO_SHOT
 
 SUMMARY_FIELDS = ["status", "steps", "forward_passes", "wall_time_s", "peak_memory_bytes",
@@ -24,11 +25,9 @@ METHOD_KEYS = ("estimator", "perturbation", "q")  # varied, these name a method,
 
 def load_records(out: Path) -> list[dict[str, Any]]:
     records = []
-    for cell_json in sorted((out / "cells").glob("*/cell.json")):
-        cell = json.loads(cell_json.read_text())
-        summary_path = cell_json.parent / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "not run"}
-        records.append({"key": cell_json.parent.name, **cell, "summary": summary})
+    for key in store.keys(out):
+        summary = store.read_json(out, key, "summary.json") or {"status": "not run"}
+        records.append({"key": key, **store.read_json(out, key, "cell.json"), "summary": summary})
     return records
 
 
@@ -79,8 +78,7 @@ def losses(out: Path, key: str) -> dict[str, float | None]:
     (runs of different lengths end on different mini-batches, so this compares loosely);
     dev_loss: the loss on the dev examples at the last evaluation (the same examples for every
     run: the comparable one; absent from runs made before zoft logged it). None: not logged."""
-    path = out / "cells" / key / "metrics.jsonl"
-    rows = list(map(json.loads, path.read_text().splitlines())) if path.exists() else []
+    rows = store.jsonl(out, key)
     train = [row["loss"] for row in rows if "loss" in row]
     tail = train[-max(1, int(FINAL_WINDOW * len(train))):] if train else []
     dev = [row["dev_loss"] for row in rows if "dev_loss" in row]
@@ -138,8 +136,7 @@ REACH = (0.70, 0.80)
 
 def dev_curve(out: Path, key: str) -> list[dict]:
     """(step, forward_passes, wall_time_s, dev metric) at each dev evaluation of a cell."""
-    path = out / "cells" / key / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    rows = store.jsonl(out, key)
     at = {r["step"]: r for r in rows if "forward_passes" in r}
     curve = []
     for r in rows:
@@ -303,7 +300,7 @@ def build_report(out: Path) -> list[dict]:
     """Write results.csv, tables.md and the plots for the grid in ``out``; returns the rows."""
     rows = load_rows(out)
     if not rows:
-        raise FileNotFoundError(f"{out} holds no benchmark cells (no cells/*/cell.json)")
+        raise FileNotFoundError(f"{out} holds no benchmark cells (no cells/*/cell.json, no {store.ARCHIVE})")
     write_csv(rows, out / "results.csv")
     (out / "tables.md").write_text(tables(rows, out))
     from zoft.bench.plots import plot_all

@@ -17,6 +17,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from zoft.bench import store
 from zoft.bench.grid import Cell
 from zoft.train.checkpoint import BEST, MANIFEST, write_json
 from zoft.train.run_files import finished_summary
@@ -48,6 +49,9 @@ def _run_or_skip(out: Path, cell: Cell, log: Callable[[str], None]) -> dict:
     folder = cell_dir(out, cell)
     if (summary := finished_summary(folder)) is not None:
         return summary
+    packed = store.read_json(out, cell.key, "summary.json") if not folder.exists() else None
+    if packed is not None and packed.get("status") == "finished":
+        return packed
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "cell.json", {"varied": cell.varied, "config": cell.config})
     if (folder / MANIFEST).exists():
