@@ -266,3 +266,15 @@ def test_sigterm_finishes_the_step_saves_and_exits(tmp_path):
     assert proc.returncode == 130, rest
     manifest = json.loads((run / "checkpoint.json").read_text())
     assert manifest["step"] >= 2 and "SIGTERM: finishing this step" in rest and "checkpoint saved at step" in rest
+
+
+def test_max_length_beyond_the_models_positions_is_capped_not_a_crash(tmp_path, capsys):
+    """The model's position count bounds --max-length, whatever the tokenizer's model_max_length
+    says (converted tokenizers leave it at ~1e30)."""
+    from zoft.train.session import Session
+
+    session = Session.build(TrainConfig(**{**TINY_CFG, "max_length": 5000}), train=False)
+    session.tokenizer.model_max_length = int(1e30)
+    assert session.cfg.max_length == 512  # tiny-llama's positions
+    assert session.objective.loss_sum(session.batch(session.splits.train[:2])).isfinite()
+    assert "more than the model's 512 positions" in capsys.readouterr().err

@@ -51,6 +51,19 @@ def embeddings_apart(model: torch.nn.Module, groups: list[dict[str, Any]]) -> li
     return out
 
 
+def cap_max_length(cfg: TrainConfig, model: torch.nn.Module, log=lambda m: None) -> TrainConfig:
+    """``cfg`` with max_length at most the positions the model has (less a prompt's virtual
+    tokens); the model's config, not the tokenizer's model_max_length (which converted and
+    some hub tokenizers leave at ~1e30), is what a longer sequence would break."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    positions = getattr(base.config, "max_position_embeddings", None)
+    room = positions - position_offset(model) if isinstance(positions, int) else None
+    if room is None or cfg.max_length <= room:
+        return cfg
+    log(f"note: --max-length {cfg.max_length} is more than the model's {positions} positions; using {room}")
+    return dataclasses.replace(cfg, max_length=room)
+
+
 def resolve_precision(cfg: TrainConfig, log=lambda m: None) -> TrainConfig:
     """``cfg`` with a concrete dtype (``auto`` resolved for this machine and optimizer, and
     logged); train() resolves before config.json is written, so a resumed run keeps it."""
@@ -108,6 +121,7 @@ class Session:
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
         model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
+        cfg = cap_max_length(cfg, model, log)
         check_resident(model)
         if cfg.compile:
             compile_decoder(model)
