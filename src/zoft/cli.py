@@ -165,6 +165,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from zoft.train.export import export_run
+
+    record = export_run(args.run_dir, args.out, adapter_only=args.adapter_only)
+    print(f"wrote {record['written']} to {args.out} (weights: {record['weights']})")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from zoft.bench import build_report, expand_spec, load_spec, run_grid
     from zoft.bench.grid import select
@@ -239,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="test", choices=["dev", "test"])
     _add_train_flags(ev)
     ev.set_defaults(func=_cmd_eval)
+    export = sub.add_parser("export", help="write a trained run as a folder transformers/peft load without zoft")
+    export.add_argument("run_dir", help="a run directory written by zoft train")
+    export.add_argument("--out", required=True, help="folder to write (must not exist or be empty)")
+    export.add_argument("--adapter-only", action="store_true",
+                        help="LoRA: write the peft adapter instead of merging it into the base")
+    export.set_defaults(func=_cmd_export)
     bench = sub.add_parser("bench", help="run a grid of training runs from a YAML spec (resumable)")
     bench.add_argument("spec", help="grid spec (YAML/TOML/JSON): base, grid, per_optimizer, quick")
     bench.add_argument("--out", required=True, help="folder for cells/, results.csv, tables.md, plots")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from zoft.train import checkpoint
 from zoft.train.config import TrainConfig
+from zoft.train.export import run_weights
 from zoft.train.metering import peak_memory_bytes, reset_peak_memory
 from zoft.train.run_files import read_run_config
 from zoft.train.session import Session
@@ -19,10 +20,7 @@ def evaluate_command(run_dir: str | None, cfg: TrainConfig, split: str = "test")
     session = Session.build(cfg, train=False)
     source = "zero-shot"
     if run_dir is not None:
-        weights = Path(run_dir) / checkpoint.BEST
-        if not weights.exists():
-            manifest = checkpoint.read_manifest(Path(run_dir) / checkpoint.MANIFEST)
-            weights = Path(run_dir) / manifest["weights"]
+        weights = run_weights(Path(run_dir))
         checkpoint.load_weights(weights, session.model)
         source = str(weights)
     examples = session.splits.test if split == "test" else session.splits.dev
