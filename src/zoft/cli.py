@@ -20,6 +20,12 @@ FLAGS: list[tuple[str, type, str]] = [
     ("device-map", str, "accelerate placement across devices, e.g. auto (models larger than one device; ZO needs forwards only)"),
     ("task", str, "task name (zoft list)"),
     ("data-dir", str, "folder in the official data layout (default: $ZOFT_DATA_DIR, else the hub)"),
+    ("train-file", str, "your own data: a .jsonl/.csv/.tsv file (classification: text, label; choice: context, choices, answer)"),
+    ("dev-file", str, "your own dev data (default: sampled from --train-file)"),
+    ("test-file", str, "your own test data (default: sampled from --train-file or --dev-file)"),
+    ("format", str, "shape of your data: classification | choice (default: inferred from the columns)"),
+    ("template", str, "classification prompt with {text} (default: '{text}\\nAnswer:')"),
+    ("verbalizer", str, "classification label words, e.g. '0=terrible,1=great' (default: the labels; 0/1: no/yes)"),
     ("train-size", int, "training examples sampled (MeZO: 1000)"),
     ("dev-size", int, "dev examples (MeZO: 500)"),
     ("test-size", int, "test examples (MeZO: 1000)"),
@@ -116,6 +122,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         key = name.replace("-", "_")
         if hasattr(args, key):
             values[key] = getattr(args, key)
+    if values.get("train_file") and "task" not in values:
+        values["task"] = "own"
     if args.opt:
         values["opt_options"] = {**values.get("opt_options", {}), **dict(args.opt)}
     if args.peft_opt:

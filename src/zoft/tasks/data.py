@@ -62,10 +62,10 @@ class Splits:
     notes: list[str] = field(default_factory=list)
 
 
-def load_splits(task_name: str, data_dir: str | Path | None = None, train_size: int = 1000,
+def load_splits(task_name: "str | Task", data_dir: str | Path | None = None, train_size: int = 1000,
                 dev_size: int = 500, test_size: int = 1000, seed: int = 0) -> Splits:
     """Sample train / dev / test Examples of ``task_name`` by MeZO's protocol."""
-    task = get_task(task_name)
+    task = task_name if isinstance(task_name, Task) else get_task(task_name)
     for name, value in [("train_size", train_size), ("dev_size", dev_size),
                         ("test_size", test_size), ("seed", seed)]:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -33,6 +33,12 @@ class TrainConfig:
     device: str = "auto"
     task: str = "sentiment-demo"
     data_dir: str | None = None
+    train_file: str | None = None  # the user's own data (task "own"; zoft.tasks.own)
+    dev_file: str | None = None
+    test_file: str | None = None
+    format: str | None = None  # classification | choice (None: inferred from the columns)
+    template: str | None = None  # classification prompt with {text}
+    verbalizer: str | None = None  # "0=terrible,1=great"
     train_size: int = 1000
     dev_size: int = 500
     test_size: int = 1000
@@ -103,6 +109,12 @@ class TrainConfig:
         for key in ("model", "dtype", "device", "task", "peft", "optimizer", "lr_schedule", "out"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise invalid(key, getattr(self, key), "a non-empty string")
+        if (self.task == "own") != (self.train_file is not None):
+            raise ValueError("--task own goes with --train-file FILE (your data), and --train-file with "
+                             f"--task own or no --task (task {self.task!r}, train_file {self.train_file!r})")
+        for key in ("data_dir", "train_file", "dev_file", "test_file", "format", "template", "verbalizer"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise invalid(key, getattr(self, key), "a string")
         for key in ("peft_options", "opt_options"):
             if not isinstance(getattr(self, key), dict):
                 raise invalid(key, getattr(self, key), "a mapping of KEY: VALUE")

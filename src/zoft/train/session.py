@@ -51,6 +51,13 @@ def embeddings_apart(model: torch.nn.Module, groups: list[dict[str, Any]]) -> li
     return out
 
 
+def own_task(cfg: TrainConfig):
+    """The task over the user's files (zoft.tasks.own)."""
+    from zoft.tasks.own import OwnTask
+
+    return OwnTask(cfg.train_file, cfg.dev_file, cfg.test_file, cfg.format, cfg.template, cfg.verbalizer)
+
+
 def cap_max_length(cfg: TrainConfig, model: torch.nn.Module, log=lambda m: None) -> TrainConfig:
     """``cfg`` with max_length at most the positions the model has (less a prompt's virtual
     tokens); the model's config, not the tokenizer's model_max_length (which converted and
@@ -113,8 +120,8 @@ class Session:
         """Everything a run needs; ``train=False`` builds no optimizer (evaluation only)."""
         OPTIMIZERS.get(cfg.optimizer)  # unknown names fail before the model loads
         cfg = resolve_precision(cfg, log)
-        task = get_task(cfg.task)
-        splits = load_splits(cfg.task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
+        task = own_task(cfg) if cfg.task == "own" else get_task(cfg.task)
+        splits = load_splits(task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         for note in splits.notes:
             log(f"note: {note}")
         master_weights = train and cfg.uses_master_weights()  # invalid combinations fail before loading

@@ -1,0 +1,158 @@
+"""Users' own data: ``--train-file/--dev-file/--test-file`` (JSON Lines, CSV or TSV with a header).
+
+Two shapes, inferred from the columns or set with ``--format``:
+
+- ``classification``: columns ``text`` and ``label``. The prompt is ``--template`` with
+  ``{text}`` replaced (default ``"{text}\\nAnswer:"``); each label is scored as a continuation
+  from ``--verbalizer "0=terrible,1=great"`` (default: the label values themselves, and
+  ``no``/``yes`` for labels 0/1).
+- ``choice``: columns ``context``, ``choices`` (a JSON list; in CSV/TSV a JSON list or
+  ``a|b|c``) and ``answer`` (the index of the right choice, or its text).
+
+Scored like the built-in tasks (length-normalised candidate log-likelihood, accuracy). Splits:
+the dev and test files are optional; without them dev (and test) are sampled from the train
+file, as zoft.tasks.data does for the benchmark tasks. Every error names the file and line;
+a missing column lists the columns found.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+from zoft.tasks.base import Example, Task
+from zoft.tasks.formats import Located, _text, check_records, fail, read_jsonl
+from zoft.tasks.metrics import accuracy
+
+FORMATS = ("classification", "choice")
+COLUMNS = {"classification": ("text", "label"), "choice": ("context", "choices", "answer")}
+DEFAULT_TEMPLATE = "{text}\nAnswer:"
+
+
+def read_table(path: Path) -> Located:
+    """(where, record) rows of a .jsonl/.json (one object per line), .csv or .tsv file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.suffix in (".jsonl", ".json"):
+        return read_jsonl(path)
+    if path.suffix not in (".csv", ".tsv"):
+        raise ValueError(f"{path}: unknown data file type {path.suffix!r}; use .jsonl, .csv or .tsv")
+    reader = csv.DictReader(io.StringIO(_text(path)), delimiter="\t" if path.suffix == ".tsv" else ",")
+    rows = []
+    for n, row in enumerate(reader, start=2):  # line 1 is the header
+        if None in row:
+            raise fail(path, f"line {n}", f"more fields than the header's {len(reader.fieldnames)}")
+        rows.append((f"line {n}", dict(row)))
+    if not rows:
+        raise fail(path, "line 2", "no rows after the header")
+    return rows
+
+
+def parse_verbalizer(text: str) -> dict[str, str]:
+    """``"0=terrible,1=great"`` -> {"0": " terrible", "1": " great"} (continuations get a leading space)."""
+    out = {}
+    for part in text.split(","):
+        if "=" not in part:
+            raise ValueError(f"invalid verbalizer entry {part!r} in {text!r}; expected LABEL=WORD[,LABEL=WORD...]")
+        label, word = (s.strip() for s in part.split("=", 1))
+        if not label or not word:
+            raise ValueError(f"invalid verbalizer entry {part!r} in {text!r}; label and word must be non-empty")
+        out[label] = " " + word
+    return out
+
+
+class OwnTask(Task):
+    """A task over the user's files (module docstring)."""
+
+    name = "own"
+    local_dir = ""
+
+    def __init__(self, train_file: str, dev_file: str | None = None, test_file: str | None = None,
+                 format: str | None = None, template: str | None = None, verbalizer: str | None = None) -> None:
+        given = {"train": train_file, "validation": dev_file, "test": test_file}
+        if dev_file is None and test_file is None:
+            given = {"validation": train_file}  # one file: train, dev and test are sampled from it
+        self.paths = {split: Path(p) for split, p in given.items() if p is not None}
+        first = read_table(Path(train_file))
+        columns = sorted(first[0][1])
+        self.format = format or next((f for f, need in COLUMNS.items() if set(need) <= set(columns)), None)
+        if self.format not in FORMATS:
+            raise ValueError(f"{train_file}: cannot tell the data shape from the columns {columns}"
+                             if format is None else f"invalid format {format!r}; allowed: {', '.join(FORMATS)}")
+        missing = [c for c in COLUMNS[self.format] if c not in columns]
+        if missing:
+            raise fail(Path(train_file), "line 1", f"missing column(s) {missing} for {self.format}; "
+                       f"columns found: {columns}")
+        self.template = template or DEFAULT_TEMPLATE
+        if self.format == "classification" and "{text}" not in self.template:
+            raise ValueError(f"invalid template {self.template!r}; it must contain {{text}}")
+        if self.format == "classification":
+            for where, r in first:
+                if "label" not in r or "text" not in r:
+                    raise fail(Path(train_file), where, f"missing field(s) {[c for c in ('text', 'label') if c not in r]}; "
+                               f"fields found: {sorted(r)}")
+            labels = sorted({str(r["label"]) for _, r in first})
+            self.words = parse_verbalizer(verbalizer) if verbalizer else self._default_words(labels)
+            unknown = [(where, str(r["label"])) for where, r in first if str(r["label"]) not in self.words]
+            if unknown:
+                raise fail(Path(train_file), unknown[0][0], f"label {unknown[0][1]!r} has no word in the "
+                           f"verbalizer {verbalizer!r} (labels in the file: {labels})")
+            self.label_values = tuple(self.words)
+            self.candidates = tuple(self.words.values())
+        elif verbalizer:
+            raise ValueError("--verbalizer is for classification data; choice data name their own choices")
+
+    @staticmethod
+    def _default_words(labels: Sequence[str]) -> dict[str, str]:
+        if list(labels) == ["0", "1"]:
+            return {"0": " no", "1": " yes"}
+        return {label: " " + label for label in labels}
+
+    def records(self, split: str, folder: Path) -> list[dict]:
+        path = self.paths.get(split)
+        if path is None:
+            raise FileNotFoundError(split)
+        rows = read_table(path)
+        missing = [c for c in COLUMNS[self.format] if c not in rows[0][1]]
+        if missing:
+            raise fail(path, "line 1", f"missing column(s) {missing} for {self.format}; "
+                       f"columns found: {sorted(rows[0][1])}")
+        check_records(self, rows, path)
+        return [record for _, record in rows]
+
+    def example(self, record: dict) -> Example:
+        if self.format == "classification":
+            text = record["text"]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"field 'text' must be a non-empty string, got {text!r}")
+            label = str(record["label"])
+            if label not in self.label_values:
+                raise ValueError(f"label {label!r} is not one of {list(self.label_values)} (--verbalizer)")
+            return Example(self.template.replace("{text}", text.strip()), self.candidates,
+                           self.label_values.index(label))
+        choices = record["choices"]
+        if isinstance(choices, str):
+            choices = json.loads(choices) if choices.strip().startswith("[") else choices.split("|")
+        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c.strip() for c in choices):
+            raise ValueError(f"field 'choices' must list at least two non-empty strings, got {record['choices']!r}")
+        answer = record["answer"]
+        if isinstance(answer, str) and answer.strip().lstrip("-").isdigit():
+            answer = int(answer)
+        if isinstance(answer, int) and not isinstance(answer, bool):
+            if not 0 <= answer < len(choices):
+                raise ValueError(f"answer {answer} is not an index of the {len(choices)} choices")
+            index = answer
+        elif isinstance(answer, str) and answer in choices:
+            index = choices.index(answer)
+        else:
+            raise ValueError(f"answer {answer!r} is neither an index nor the text of one of the choices")
+        context = record["context"]
+        if not isinstance(context, str):
+            raise ValueError(f"field 'context' must be a string, got {context!r}")
+        return Example(context.rstrip(), tuple(" " + c.strip() for c in choices), index)
+
+    def score(self, examples: Sequence[Example], predictions: Sequence[int]) -> dict[str, float]:
+        return {"accuracy": accuracy(examples, predictions)}

@@ -1,0 +1,75 @@
+"""Users' own data from the command line: shapes inferred from the columns, templates and
+verbalizers, and one-line errors that name the file, the line and the columns found."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zoft.cli import main
+from zoft.tasks.own import OwnTask
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TINY = ["--model", "tiny-llama", "--steps", "2", "--batch-size", "4", "--dtype", "fp32"]
+
+
+@pytest.mark.parametrize("name", ["reviews.jsonl", "reviews.csv", "choice.jsonl"])
+def test_each_example_file_trains_from_the_cli(tmp_path, name):
+    extra = ["--verbalizer", "negative=bad,positive=good"] if name.endswith(".csv") else []
+    assert main(["train", *TINY, "--train-file", str(EXAMPLES / name), *extra, "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["task"] == "own" and summary["test_metric"] is not None
+
+
+def test_classification_template_and_verbalizer_make_the_scored_text():
+    task = OwnTask(str(EXAMPLES / "reviews.csv"), template="Review: {text} It was",
+                   verbalizer="negative=bad,positive=good")
+    ex = task.example({"text": " Great fun. ", "label": "positive"})
+    assert task.format == "classification"
+    assert ex.prompt == "Review: Great fun. It was" and ex.candidates == (" bad", " good") and ex.label == 1
+    default = OwnTask(str(EXAMPLES / "reviews.jsonl"))
+    assert default.example({"text": "x", "label": 0}).candidates == (" no", " yes")
+
+
+def test_choice_answers_by_index_or_text():
+    task = OwnTask(str(EXAMPLES / "choice.jsonl"))
+    assert task.format == "choice"
+    by_text = task.example({"context": "Q?", "choices": ["a", "b"], "answer": "b"})
+    by_index = task.example({"context": "Q?", "choices": "a|b", "answer": "1"})
+    assert by_text == by_index and by_text.candidates == (" a", " b") and by_text.label == 1
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("content, name, message", [
+    ('{"sentence": "a", "y": 1}\n', "d.jsonl", "columns ['sentence', 'y']"),
+    ('{"text": "a", "label": 1}\n{"text": "b", "label": 7}\n', "d.jsonl", "line 2"),
+    ('{"text": "a", "label": 1}\n{"text": "b"\n', "d.jsonl", "line 2: invalid JSON"),
+    ("text,label\na,1\nb,2,extra\n", "d.csv", "line 3: more fields than the header"),
+    ("text\tlabel\n", "d.tsv", "no rows after the header"),
+    ('{"context": "c", "choices": ["x", "y"], "answer": 5}\n', "d.jsonl", "answer 5 is not an index"),
+    ("a,b\n", "d.txt", "unknown data file type '.txt'"),
+])
+def test_a_bad_data_file_is_one_line_naming_it(tmp_path, capsys, content, name, message):
+    path = write(tmp_path / name, content)
+    extra = ["--verbalizer", "0=no,1=yes"] if "label\": 7" in content else []
+    code = main(["train", *TINY, "--train-file", str(path), *extra, "--out", str(tmp_path / "r")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("zoft: error:")]
+    assert code == 2 and len(errors) == 1 and message in errors[0] and name in errors[0], errors
+
+
+def test_train_file_goes_with_task_own(tmp_path, capsys):
+    code = main(["train", *TINY, "--task", "sst2", "--train-file", str(EXAMPLES / "reviews.jsonl"),
+                 "--out", str(tmp_path / "r")])
+    assert code == 2 and "--task own goes with --train-file" in capsys.readouterr().err
+
+
+def test_a_row_without_a_label_is_named(tmp_path, capsys):
+    path = write(tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n')
+    assert main(["train", *TINY, "--train-file", str(path), "--out", str(tmp_path / "r")]) == 2
+    assert "line 2: missing field(s) ['label']" in capsys.readouterr().err
