@@ -8,8 +8,9 @@ import torch
 import zoft
 from zoft.core import Registry, derive_seed
 
-EXPECTED = ["fo-adam", "fo-sgd", "forward-grad", "jaguar-muon", "jaguar-sign", "zo-adam",
-            "zo-finetuner", "zo-muon", "zo-sgd", "zo-sgd-cons", "zo-sgd-mmt", "zo-sgd-sign"]
+EXPECTED = ["fo-adam", "fo-sgd", "forward-grad", "fzoo", "hizoo", "jaguar-muon", "jaguar-sign",
+            "lozo", "lozo-m", "sparse-mezo", "subzero", "zo-adam", "zo-finetuner", "zo-muon",
+            "zo-sgd", "zo-sgd-cons", "zo-sgd-mmt", "zo-sgd-sign"]
 
 
 def test_list_optimizers_is_sorted_and_complete():

@@ -409,7 +409,7 @@ def test_packed_cells_report_the_same_tables(tmp_path):
     out = tmp_path / "grid"
     shutil.copytree(src, out)
     before = main_report(out)
-    (out / "cells" / "unfinished").mkdir()  # a loose cell without a summary stays loose
+    (out / "cells" / "unfinished").mkdir(parents=True)  # a loose cell without a summary stays loose
     (out / "cells" / "unfinished" / "train.log").write_text("running\n")
     assert main(["report", str(out), "--pack"]) == 0
     assert (out / ARCHIVE).exists() and sorted(p.name for p in (out / "cells").iterdir()) == ["unfinished"]
