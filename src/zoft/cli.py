@@ -52,6 +52,10 @@ FLAGS: list[tuple[str, type, str]] = [
     ("save-every", int, "checkpoint every N steps"),
     ("log-every", int, "metrics row every N steps"),
     ("seed", int, "run seed (data order, ZO seed stream)"),
+    ("objective", str, "what training minimises: loss (cross-entropy) | accuracy (1 - accuracy of the "
+                       "batch) | f1 (1 - macro F1) | python:MODULE:FUNCTION (FUNCTION(predictions, labels) "
+                       "-> float to minimise); a metric is not differentiable: ZO only, with a larger "
+                       "--eps and --lr (docs/ALGORITHMS.md)"),
     ("out", str, "run directory"),
 ]
 

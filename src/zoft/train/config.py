@@ -73,6 +73,7 @@ class TrainConfig:
     save_every: int = 100
     log_every: int = 1
     seed: int = 0
+    objective: str = "loss"  # loss | accuracy | f1 | python:MODULE:FUNCTION (a metric: ZO only)
     out: str = "runs/latest"
     tensorboard: bool = False
     # scale: device placement and precision (None: the defaults described in the CLI help)
@@ -109,6 +110,10 @@ class TrainConfig:
         for key in ("model", "dtype", "device", "task", "peft", "optimizer", "lr_schedule", "out"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise invalid(key, getattr(self, key), "a non-empty string")
+        if not isinstance(self.objective, str):
+            raise invalid("objective", self.objective, "a string")
+        from zoft.train.objective import metric_objective
+        metric_objective(self.objective)  # names the problem with an unknown or unimportable one
         if (self.task == "own") != (self.train_file is not None):
             raise ValueError("--task own goes with --train-file FILE (your data), and --train-file with "
                              f"--task own or no --task (task {self.task!r}, train_file {self.train_file!r})")

@@ -13,12 +13,15 @@ so a 49k-word vocabulary is projected for a few tokens per sequence, not for all
 
 from __future__ import annotations
 
+import math
+import sys
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
+from zoft.core.types import NonFiniteLossError
 from zoft.tasks import Example
 
 
@@ -178,11 +181,64 @@ def scored_positions(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Ten
         handle.remove()
 
 
+OBJECTIVES = ("loss", "accuracy", "f1")
+"""Built-in things ZO can minimise: the candidates' cross-entropy, 1 - accuracy, or 1 - macro F1
+of the batch's predictions; ``python:MODULE:FUNCTION`` names a user's own. A metric need not
+be differentiable: only zeroth-order optimizers can train on it."""
+
+
+def error_rate(preds: Sequence[int], labels: Sequence[int]) -> float:
+    return sum(p != y for p, y in zip(preds, labels)) / len(labels)
+
+
+def one_minus_f1(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """1 - the macro F1 over the classes present in the labels or the predictions."""
+    f1s = []
+    for c in sorted(set(labels) | set(preds)):
+        tp = sum(p == c and y == c for p, y in zip(preds, labels))
+        fp = sum(p == c and y != c for p, y in zip(preds, labels))
+        fn = sum(p != c and y == c for p, y in zip(preds, labels))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+    return 1.0 - sum(f1s) / len(f1s)
+
+
+def metric_objective(target: str) -> Callable[[Sequence[int], Sequence[int]], float] | None:
+    """The function (predictions, labels) -> value to minimise for ``target``; None for the loss.
+    ``python:MODULE:FUNCTION`` imports FUNCTION from MODULE (on sys.path or the working folder)."""
+    if target == "loss":
+        return None
+    if target == "accuracy":
+        return error_rate
+    if target == "f1":
+        return one_minus_f1
+    if target.startswith("python:"):
+        parts = target.split(":")
+        if len(parts) != 3 or not all(parts[1:]):
+            raise ValueError(f"invalid objective {target!r}; a user objective is python:MODULE:FUNCTION")
+        import importlib
+        import os
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+        try:
+            fn = getattr(importlib.import_module(parts[1]), parts[2])
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"objective {target!r}: cannot import {parts[2]} from {parts[1]} ({err})") from None
+        if not callable(fn):
+            raise ValueError(f"objective {target!r}: {parts[1]}.{parts[2]} is not a function")
+        return fn
+    raise ValueError(f"invalid objective {target!r}; allowed: {', '.join(OBJECTIVES)} or python:MODULE:FUNCTION")
+
+
 class Objective:
     """Loss and predictions of one task on one model (``offset``: prompt-tuning tokens)."""
 
     def __init__(self, model: torch.nn.Module, generation: bool = False, offset: int = 0,
-                 autocast: torch.dtype | None = None, bucket_positions: int = 0) -> None:
+                 autocast: torch.dtype | None = None, bucket_positions: int = 0, target: str = "loss") -> None:
+        self.metric = metric_objective(target)  # None: the cross-entropy
+        if self.metric is not None and generation:
+            raise ValueError(f"objective {target!r} is for classification and multiple choice; "
+                             "a generation task trains on its loss")
+        self.target = target
         self.model = model
         self.autocast = autocast  # matmuls in this dtype over fp32 weights (dtype amp-bf16)
         self.bucket_positions = bucket_positions  # length buckets of >= this many positions (0: off)
@@ -243,7 +299,14 @@ class Objective:
         whole batch."""
         if self.generation:
             return -self.token_logprobs(batch).sum()
-        return _candidate_loss_sum(self.sequence_scores(batch), batch)
+        scores = self.sequence_scores(batch)
+        if self.metric is not None:  # a piecewise-constant f: the metric of the batch's predictions
+            preds = [int(scores[f: f + n].argmax()) for f, n in zip(batch.first.tolist(), batch.sizes.tolist())]
+            value = float(self.metric(preds, [int(y) for y in batch.labels]))
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"objective {self.target} returned {value}; no update was made")
+            return torch.tensor(value * len(preds), dtype=torch.float64)  # a sum, as the loss's is
+        return _candidate_loss_sum(scores, batch)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return self.loss_sum(batch) / self.count(batch)

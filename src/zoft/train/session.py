@@ -138,8 +138,11 @@ class Session:
         device = next(model.parameters()).device
         autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
         buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
+        if cfg.objective != "loss" and train and cfg.backprop():
+            raise ValueError(f"--objective {cfg.objective} is not differentiable; {cfg.optimizer} needs "
+                             "gradients (use a zeroth-order optimizer)")
         objective = Objective(model, generation=generation, offset=position_offset(model), autocast=autocast,
-                              bucket_positions=buckets)
+                              bucket_positions=buckets, target=cfg.objective if train else "loss")
         if not train:
             return cls(cfg, model, tokenizer, task, splits, None, objective, device)
         hp, traits = cfg.optimizer_hparams(), cfg.traits()
