@@ -416,6 +416,26 @@ def test_packed_cells_report_the_same_tables(tmp_path):
     assert main_report(out) == before
 
 
+def test_packing_keeps_a_weighted_cell_a_run_folder(tmp_path):
+    """A finished cell that keeps its weights stays a run folder (zoft eval / export) after --pack."""
+    import shutil
+
+    from zoft.bench.store import ARCHIVE, RUN_FILES
+
+    src = Path(__file__).resolve().parents[1] / "docs" / "results" / "converge_sst2"
+    out = tmp_path / "grid"
+    shutil.copytree(src, out)
+    (out / ARCHIVE).unlink()  # as the cell was before its first pack: every file loose
+    (cell,) = (out / "cells").iterdir()
+    for name in ("metrics.jsonl", "train.log", "stderr.log"):
+        (cell / name).write_text("{}\n" if name.endswith("jsonl") else "log\n")
+    before = sorted(p.name for p in cell.iterdir())
+    assert main(["report", str(out), "--pack"]) == 0
+    kept = sorted(p.name for p in cell.iterdir())
+    assert set(RUN_FILES) <= set(kept) and "metrics.jsonl" not in kept and "best.safetensors" in kept
+    assert set(before) - set(kept) == {"metrics.jsonl", "train.log", "stderr.log"}
+
+
 def main_report(out):
     assert main(["report", str(out)]) == 0
     return (out / "tables.md").read_text(), (out / "results.csv").read_text()

@@ -15,6 +15,9 @@ ARCHIVE = "cells.zip"
 PACKED = ("cell.json", "config.json", "train_config.json", "summary.json", "metrics.jsonl", "train.log",
           "stderr.log", "eval-dev.json", "eval-test.json")
 """The text files of a cell that are packed; weights and checkpoints stay loose (or are dropped)."""
+RUN_FILES = ("cell.json", "config.json", "train_config.json", "summary.json")
+"""What `zoft eval`, `zoft export` and `--resume` read beside the weights: a cell that keeps
+weights keeps these loose too (a copy is also packed)."""
 
 
 @lru_cache(maxsize=8)
@@ -61,7 +64,8 @@ def jsonl(out: Path, key: str, name: str = "metrics.jsonl") -> list[dict]:
 def pack(out: Path) -> list[str]:
     """Move every finished cell's text files into ``cells.zip`` (rewritten atomically) and
     remove its folder when nothing else is left in it; unfinished cells stay loose (they
-    resume from their folder). Returns the keys packed."""
+    resume from their folder), and a cell that keeps weights keeps its :data:`RUN_FILES` loose
+    (a run folder that `zoft eval` and `zoft export` can read). Returns the keys packed."""
     members = dict(_archive(out))
     packed = []
     for folder in sorted((out / "cells").glob("*/")):
@@ -81,8 +85,10 @@ def pack(out: Path) -> list[str]:
     tmp.replace(out / ARCHIVE)
     for key in packed:
         folder = out / "cells" / key
+        weights = any(p.name not in PACKED for p in folder.iterdir())
         for name in PACKED:
-            (folder / name).unlink(missing_ok=True)
+            if not (weights and name in RUN_FILES):
+                (folder / name).unlink(missing_ok=True)
         if not any(folder.iterdir()):
             shutil.rmtree(folder)
     if (out / "cells").exists() and not any((out / "cells").iterdir()):
