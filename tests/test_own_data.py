@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TINY = ["--model", "tiny-llama", "--steps", "2", "--batch-size", "4", "--dtype", "fp32"]
 
 
-@pytest.mark.parametrize("name", ["reviews.jsonl", "reviews.csv", "choice.jsonl"])
+@pytest.mark.parametrize("name", ["reviews.jsonl", "reviews.csv", "choice.jsonl", "qa.jsonl", "chat.jsonl"])
 def test_each_example_file_trains_from_the_cli(tmp_path, name):
     extra = ["--verbalizer", "negative=bad,positive=good"] if name.endswith(".csv") else []
     assert main(["train", *TINY, "--train-file", str(EXAMPLES / name), *extra, "--out", str(tmp_path / "r")]) == 0
@@ -39,6 +39,49 @@ def test_choice_answers_by_index_or_text():
     by_text = task.example({"context": "Q?", "choices": ["a", "b"], "answer": "b"})
     by_index = task.example({"context": "Q?", "choices": "a|b", "answer": "1"})
     assert by_text == by_index and by_text.candidates == (" a", " b") and by_text.label == 1
+
+
+def test_generation_data_train_on_the_completion_and_score_f1():
+    task = OwnTask(str(EXAMPLES / "qa.jsonl"))
+    assert (task.format, task.kind, task.metric_name) == ("generation", "generation", "f1")
+    ex = task.example({"prompt": "Q: 2+2?\nA:", "completion": " 4 "})
+    assert ex.prompt == "Q: 2+2?\nA:" and ex.answers == (" 4",) and ex.candidates == ()
+    assert task.example({"prompt": "Q: 2+2?\n", "completion": "4"}).answers == ("4",)  # no space after a newline
+    assert task.score([ex, ex], ["4", "five"]) == {"f1": 0.5, "em": 0.5}
+
+
+def test_chat_data_use_the_tokenizer_chat_template():
+    from zoft.models import byte_tokenizer
+
+    task = OwnTask(str(EXAMPLES / "chat.jsonl"))
+    assert task.format == "chat" and task.needs_tokenizer
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " hello "}]
+    plain = task.example({"messages": turns})  # no tokenizer yet: role: content lines
+    assert plain.prompt == "user: hi\nassistant:" and plain.answers == (" hello",)
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>\n{% endif %}")
+    task.use_tokenizer(tokenizer)
+    ex = task.example({"messages": json.dumps(turns)})  # CSV cells hold the list as JSON text
+    assert ex.prompt == "<user>hi\n<assistant>\n" and ex.answers == ("hello",)
+
+
+@pytest.mark.parametrize("messages, message", [
+    ([{"role": "user", "content": "hi"}], "at least two turns"),
+    ([{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}], "last turn of 'messages' must be the assistant's"),
+    ([{"role": "user"}, {"role": "assistant", "content": "x"}], "turn 0 of 'messages'"),
+    ("[not json", "not a JSON list"),
+])
+def test_bad_chat_rows_are_named(messages, message):
+    with pytest.raises(ValueError, match=message):
+        OwnTask(str(EXAMPLES / "chat.jsonl")).example({"messages": messages})
+
+
+def test_template_is_refused_for_generation_data(tmp_path, capsys):
+    code = main(["train", *TINY, "--train-file", str(EXAMPLES / "qa.jsonl"), "--template", "{text}",
+                 "--out", str(tmp_path / "r")])
+    assert code == 2 and "--template is for classification data; generation data carry their own prompts" \
+        in capsys.readouterr().err
 
 
 def write(path: Path, text: str) -> Path:

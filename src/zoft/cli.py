@@ -23,7 +23,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("train-file", str, "your own data: a .jsonl/.csv/.tsv file (classification: text, label; choice: context, choices, answer)"),
     ("dev-file", str, "your own dev data (default: sampled from --train-file)"),
     ("test-file", str, "your own test data (default: sampled from --train-file or --dev-file)"),
-    ("format", str, "shape of your data: classification | choice (default: inferred from the columns)"),
+    ("format", str, "shape of your data: classification | choice | generation | chat (default: inferred from the columns)"),
     ("template", str, "classification prompt with {text} (default: '{text}\\nAnswer:')"),
     ("verbalizer", str, "classification label words, e.g. '0=terrible,1=great' (default: the labels; 0/1: no/yes)"),
     ("train-size", int, "training examples sampled (MeZO: 1000)"),

@@ -1,6 +1,6 @@
 """Users' own data: ``--train-file/--dev-file/--test-file`` (JSON Lines, CSV or TSV with a header).
 
-Two shapes, inferred from the columns or set with ``--format``:
+Four shapes, inferred from the columns or set with ``--format``:
 
 - ``classification``: columns ``text`` and ``label``. The prompt is ``--template`` with
   ``{text}`` replaced (default ``"{text}\\nAnswer:"``); each label is scored as a continuation
@@ -8,8 +8,16 @@ Two shapes, inferred from the columns or set with ``--format``:
   ``no``/``yes`` for labels 0/1).
 - ``choice``: columns ``context``, ``choices`` (a JSON list; in CSV/TSV a JSON list or
   ``a|b|c``) and ``answer`` (the index of the right choice, or its text).
+- ``generation``: columns ``prompt`` and ``completion``: the loss is on the completion's tokens
+  (the prompt is context only); evaluation decodes greedily and scores F1 / exact match
+  against the completion, as the built-in generation tasks do (cut at the first newline).
+- ``chat``: a column ``messages``, a list of ``{"role", "content"}`` turns ending with the
+  assistant's; the turns before it are rendered with the tokenizer's chat template (with the
+  generation prompt) when it has one, else as ``role: content`` lines, and the last turn's
+  content is the completion (its end-of-turn marker is not trained).
 
-Scored like the built-in tasks (length-normalised candidate log-likelihood, accuracy). Splits:
+Classification and choice are scored like the built-in tasks (length-normalised candidate
+log-likelihood, accuracy); generation and chat like SQuAD (F1, EM). Splits:
 the dev and test files are optional; without them dev (and test) are sampled from the train
 file, as zoft.tasks.data does for the benchmark tasks. Every error names the file and line;
 a missing column lists the columns found.
@@ -25,10 +33,11 @@ from typing import Sequence
 
 from zoft.tasks.base import Example, Task
 from zoft.tasks.formats import Located, _text, check_records, fail, read_jsonl
-from zoft.tasks.metrics import accuracy
+from zoft.tasks.metrics import accuracy, f1_em
 
-FORMATS = ("classification", "choice")
-COLUMNS = {"classification": ("text", "label"), "choice": ("context", "choices", "answer")}
+FORMATS = ("classification", "choice", "generation", "chat")
+COLUMNS = {"classification": ("text", "label"), "choice": ("context", "choices", "answer"),
+           "generation": ("prompt", "completion"), "chat": ("messages",)}
 DEFAULT_TEMPLATE = "{text}\nAnswer:"
 
 
@@ -49,6 +58,11 @@ def read_table(path: Path) -> Located:
     if not rows:
         raise fail(path, "line 2", "no rows after the header")
     return rows
+
+
+def continuation(prompt: str, answer: str) -> str:
+    """The answer as the prompt's continuation: after a leading space, unless the prompt ends a line."""
+    return answer if prompt.endswith(("\n", " ")) else " " + answer
 
 
 def parse_verbalizer(text: str) -> dict[str, str]:
@@ -86,6 +100,13 @@ class OwnTask(Task):
         if missing:
             raise fail(Path(train_file), "line 1", f"missing column(s) {missing} for {self.format}; "
                        f"columns found: {columns}")
+        if self.format in ("generation", "chat"):
+            self.kind, self.metric_name = "generation", "f1"
+            for flag, value in (("--template", template), ("--verbalizer", verbalizer)):
+                if value:
+                    raise ValueError(f"{flag} is for classification data; {self.format} data carry their own prompts")
+        self.needs_tokenizer = self.format == "chat"  # the chat template renders the prompts
+        self.chat_template = None
         self.template = template or DEFAULT_TEMPLATE
         if self.format == "classification" and "{text}" not in self.template:
             raise ValueError(f"invalid template {self.template!r}; it must contain {{text}}")
@@ -104,6 +125,16 @@ class OwnTask(Task):
             self.candidates = tuple(self.words.values())
         elif verbalizer:
             raise ValueError("--verbalizer is for classification data; choice data name their own choices")
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """Render chat prompts with ``tokenizer``'s chat template (when it has one)."""
+        self.chat_template = tokenizer if getattr(tokenizer, "chat_template", None) else None
+
+    def render(self, turns: list[dict]) -> str:
+        """The prompt of a chat: its turns before the assistant's answer, and the answer's cue."""
+        if self.chat_template is not None:
+            return self.chat_template.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        return "".join(f"{t['role']}: {t['content']}\n" for t in turns) + "assistant:"
 
     @staticmethod
     def _default_words(labels: Sequence[str]) -> dict[str, str]:
@@ -124,6 +155,14 @@ class OwnTask(Task):
         return [record for _, record in rows]
 
     def example(self, record: dict) -> Example:
+        if self.format == "generation":
+            prompt, completion = record["prompt"], record["completion"]
+            for name, value in (("prompt", prompt), ("completion", completion)):
+                if not isinstance(value, str) or not value.strip():
+                    raise ValueError(f"field {name!r} must be a non-empty string, got {value!r}")
+            return Example(prompt.rstrip(" "), answers=(continuation(prompt.rstrip(" "), completion.strip()),))
+        if self.format == "chat":
+            return self._chat_example(record["messages"])
         if self.format == "classification":
             text = record["text"]
             if not isinstance(text, str) or not text.strip():
@@ -154,5 +193,27 @@ class OwnTask(Task):
             raise ValueError(f"field 'context' must be a string, got {context!r}")
         return Example(context.rstrip(), tuple(" " + c.strip() for c in choices), index)
 
-    def score(self, examples: Sequence[Example], predictions: Sequence[int]) -> dict[str, float]:
+    def _chat_example(self, messages: object) -> Example:
+        if isinstance(messages, str):
+            try:
+                messages = json.loads(messages)
+            except json.JSONDecodeError:
+                raise ValueError(f"field 'messages' is not a JSON list: {messages[:60]!r}") from None
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise ValueError("field 'messages' must list at least two turns (a user's, then the assistant's)")
+        for n, turn in enumerate(messages):
+            if not (isinstance(turn, dict) and isinstance(turn.get("role"), str)
+                    and isinstance(turn.get("content"), str)):
+                raise ValueError(f"turn {n} of 'messages' must be an object with string 'role' and 'content', "
+                                 f"got {turn!r}")
+        if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+            raise ValueError(f"the last turn of 'messages' must be the assistant's, with content; "
+                             f"got role {messages[-1]['role']!r}")
+        answer = messages[-1]["content"].strip()
+        prompt = self.render(messages[:-1])
+        return Example(prompt, answers=(continuation(prompt, answer),))
+
+    def score(self, examples: Sequence[Example], predictions: Sequence) -> dict[str, float]:
+        if self.kind == "generation":
+            return f1_em([ex.answers for ex in examples], predictions)
         return {"accuracy": accuracy(examples, predictions)}

@@ -36,7 +36,7 @@ class TrainConfig:
     train_file: str | None = None  # the user's own data (task "own"; zoft.tasks.own)
     dev_file: str | None = None
     test_file: str | None = None
-    format: str | None = None  # classification | choice (None: inferred from the columns)
+    format: str | None = None  # classification | choice | generation | chat (None: inferred)
     template: str | None = None  # classification prompt with {text}
     verbalizer: str | None = None  # "0=terrible,1=great"
     train_size: int = 1000

@@ -127,6 +127,9 @@ class Session:
         master_weights = train and cfg.uses_master_weights()  # invalid combinations fail before loading
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
         model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
+        if getattr(task, "needs_tokenizer", False):  # chat data: rendered with the tokenizer's template
+            task.use_tokenizer(tokenizer)
+            splits = load_splits(task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
         cfg = cap_max_length(cfg, model, log)
         check_resident(model)
