@@ -116,3 +116,34 @@ def test_a_row_without_a_label_is_named(tmp_path, capsys):
     path = write(tmp_path / "d.jsonl", '{"text": "a", "label": 1}\n{"text": "b"}\n')
     assert main(["train", *TINY, "--train-file", str(path), "--out", str(tmp_path / "r")]) == 2
     assert "line 2: missing field(s) ['label']" in capsys.readouterr().err
+
+
+def test_hf_task_reads_a_local_datasets_folder(tmp_path):
+    """--task hf:NAME goes through datasets.load_dataset (a hub id for users; a local folder here)."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [json.loads(line) for line in (EXAMPLES / "reviews.jsonl").read_text().splitlines() if line]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+    (folder / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+    assert main(["train", *TINY, "--task", f"hf:{folder}", "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["task"] == f"hf:{folder}"
+
+    import datasets
+
+    from zoft.tasks.own import hub_task
+    saved = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(saved))
+    task = hub_task(f"hf:{saved}")
+    assert task.format == "classification" and len(task.records("validation", Path())) == len(rows)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("hf:", "a Hugging Face data set is hf:NAME or hf:NAME:CONFIG"),
+    ("hf:/no/such/folder/zoft", "cannot load the data set"),
+])
+def test_bad_hf_tasks_are_one_line_errors(spec, message):
+    from zoft.tasks.own import hub_task
+
+    with pytest.raises(ValueError, match=message):
+        hub_task(spec)

@@ -85,12 +85,18 @@ class OwnTask(Task):
     local_dir = ""
 
     def __init__(self, train_file: str, dev_file: str | None = None, test_file: str | None = None,
-                 format: str | None = None, template: str | None = None, verbalizer: str | None = None) -> None:
+                 format: str | None = None, template: str | None = None, verbalizer: str | None = None,
+                 tables: dict[str, Located] | None = None) -> None:
+        """``tables``: the splits' rows already read (a hub data set, :func:`hub_task`); then
+        ``train_file`` only names the source in messages."""
         given = {"train": train_file, "validation": dev_file, "test": test_file}
         if dev_file is None and test_file is None:
             given = {"validation": train_file}  # one file: train, dev and test are sampled from it
         self.paths = {split: Path(p) for split, p in given.items() if p is not None}
-        first = read_table(Path(train_file))
+        self.tables = tables
+        if tables is not None:
+            self.paths = {split: Path(train_file) for split in tables}
+        first = tables[next(iter(tables))] if tables is not None else read_table(Path(train_file))
         columns = sorted(first[0][1])
         self.format = format or next((f for f, need in COLUMNS.items() if set(need) <= set(columns)), None)
         if self.format not in FORMATS:
@@ -146,7 +152,7 @@ class OwnTask(Task):
         path = self.paths.get(split)
         if path is None:
             raise FileNotFoundError(split)
-        rows = read_table(path)
+        rows = self.tables[split] if self.tables is not None else read_table(path)
         missing = [c for c in COLUMNS[self.format] if c not in rows[0][1]]
         if missing:
             raise fail(path, "line 1", f"missing column(s) {missing} for {self.format}; "
@@ -217,3 +223,38 @@ class OwnTask(Task):
         if self.kind == "generation":
             return f1_em([ex.answers for ex in examples], predictions)
         return {"accuracy": accuracy(examples, predictions)}
+
+
+HUB_SPLITS = {"train": ("train",), "validation": ("validation", "dev", "valid"), "test": ("test",)}
+
+
+def hub_task(spec: str, format: str | None = None, template: str | None = None,
+             verbalizer: str | None = None) -> OwnTask:
+    """``hf:NAME[:CONFIG]``: a Hugging Face data set (a hub id, or a local folder of data files
+    or one written by ``save_to_disk``) read with ``datasets``, shaped like own data. Its
+    train / validation (or dev) / test splits are used where present; the rest are sampled."""
+    parts = spec.split(":")
+    if parts[0] != "hf" or len(parts) not in (2, 3) or not parts[1]:
+        raise ValueError(f"invalid task {spec!r}; a Hugging Face data set is hf:NAME or hf:NAME:CONFIG")
+    name, config = parts[1], (parts[2] if len(parts) == 3 and parts[2] else None)
+    import datasets
+
+    try:
+        if (Path(name) / "dataset_dict.json").exists():
+            data = datasets.load_from_disk(name)
+        else:
+            data = datasets.load_dataset(name, config)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"task {spec!r}: cannot load the data set ({first})") from None
+    tables = {}
+    for split, names in HUB_SPLITS.items():
+        found = next((n for n in names if n in data), None)
+        if found is not None and len(data[found]):
+            tables[split] = [(f"{found} row {i}", dict(row)) for i, row in enumerate(data[found])]
+    if not tables:
+        raise ValueError(f"task {spec!r}: no train, validation or test split (splits: {sorted(data)})")
+    if "train" not in tables or len(tables) == 1:  # one split: train, dev and test are sampled from it
+        tables = {"validation": next(iter(tables.values()))}
+    return OwnTask(spec, spec if "validation" in tables else None, spec if "test" in tables else None,
+                   format, template, verbalizer, tables=tables)

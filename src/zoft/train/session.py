@@ -53,8 +53,10 @@ def embeddings_apart(model: torch.nn.Module, groups: list[dict[str, Any]]) -> li
 
 def own_task(cfg: TrainConfig):
     """The task over the user's files (zoft.tasks.own)."""
-    from zoft.tasks.own import OwnTask
+    from zoft.tasks.own import OwnTask, hub_task
 
+    if cfg.task.startswith("hf:"):
+        return hub_task(cfg.task, cfg.format, cfg.template, cfg.verbalizer)
     return OwnTask(cfg.train_file, cfg.dev_file, cfg.test_file, cfg.format, cfg.template, cfg.verbalizer)
 
 
@@ -120,7 +122,7 @@ class Session:
         """Everything a run needs; ``train=False`` builds no optimizer (evaluation only)."""
         OPTIMIZERS.get(cfg.optimizer)  # unknown names fail before the model loads
         cfg = resolve_precision(cfg, log)
-        task = own_task(cfg) if cfg.task == "own" else get_task(cfg.task)
+        task = own_task(cfg) if cfg.task == "own" or cfg.task.startswith("hf:") else get_task(cfg.task)
         splits = load_splits(task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         for note in splits.notes:
             log(f"note: {note}")
