@@ -38,10 +38,10 @@ def logits(model, tokenizer, texts=("hello world", "hi")) -> torch.Tensor:
 def test_aliases_are_listed_with_one_line_descriptions():
     aliases = list_model_aliases()
     opt = [f"random-opt-{size}" for size in ("1.3b", "125m", "13b", "2.7b", "350m", "6.7b")]
-    assert sorted(aliases) == sorted([*opt, "smollm2-135m", "tiny-gpt2", "tiny-llama", "tiny-opt"])
+    assert sorted(aliases) == sorted([*opt, "smollm2-135m", "tiny-gpt2", "tiny-llama", "tiny-opt", "tiny-roberta"])
     assert all(d and "\n" not in d for d in aliases.values())
     aliases.clear()  # a copy: the module's table is untouched
-    assert len(MODEL_ALIASES) == 10
+    assert len(MODEL_ALIASES) == 11
 
 
 def test_random_opt_has_the_real_shapes_in_the_requested_dtype_and_is_seeded():

@@ -1,4 +1,4 @@
-"""Loading causal language models and their tokenizers: hub id, local folder or alias.
+"""Loading language models and their tokenizers: hub id, local folder or alias.
 
     model, tokenizer = load_model("smollm2-135m")             # bundled real model (cached)
     model, tokenizer = load_model("tiny-llama", dtype="bf16") # random tiny model, no files
@@ -17,6 +17,14 @@ Aliases (:data:`MODEL_ALIASES`):
   is used instead.
 - ``tiny-llama``, ``tiny-opt``, ``tiny-gpt2``: 2-layer, hidden-64 models with seeded random
   weights and an in-memory byte-level tokenizer; for tests and offline smoke runs.
+  ``tiny-roberta`` is the same for a masked language model (RoBERTa; its byte tokenizer has
+  a ``<mask>`` token).
+
+Causal and masked language models: a checkpoint whose config names a ``...ForMaskedLM``
+architecture (``roberta-large``, ``bert-base-uncased``, ...) loads with
+``AutoModelForMaskedLM``, every other one with ``AutoModelForCausalLM``; :func:`is_masked_lm`
+tells the scoring code which it has (a masked LM scores a candidate at ``<mask>`` positions,
+zoft.train.objective).
 - ``random-opt-125m`` ... ``random-opt-13b``: the architectures of facebook/opt-* (real sizes,
   vocabulary 50272) with seeded random weights, built directly in the requested dtype on the
   requested device, and the byte tokenizer. For memory and speed measurements offline: the
@@ -38,9 +46,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, GPT2Config, GgufConfig,
-                          LlamaConfig, OPTConfig, PretrainedConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer,
+                          GPT2Config, GgufConfig, LlamaConfig, OPTConfig, PretrainedConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+                          RobertaConfig)
 
 from zoft.core import cache_dir
 
@@ -55,6 +64,7 @@ MODEL_ALIASES: dict[str, str] = {
     "tiny-llama": "random 2-layer llama (hidden 64, 4 heads, 2 kv heads, tied), byte tokenizer",
     "tiny-opt": "random 2-layer OPT (hidden 64, 4 heads), byte tokenizer",
     "tiny-gpt2": "random 2-layer GPT-2 (hidden 64, 4 heads), byte tokenizer",
+    "tiny-roberta": "random 2-layer RoBERTa masked LM (hidden 64, 4 heads), byte tokenizer with <mask>",
 }
 # facebook/opt-* shapes: (hidden, ffn, layers, heads, word_embed_proj_dim, pre-layer-norm)
 OPT_SHAPES: dict[str, tuple[int, int, int, int, int, bool]] = {
@@ -84,6 +94,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TINY_SEED = 0
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")  # ids 256 (bos = eos) and 257 (pad)
 TINY_VOCAB = 256 + len(TINY_SPECIAL_TOKENS)
+TINY_MASK = "<mask>"  # id 258, in the masked tiny model's tokenizer only
 TINY_MAX_POSITIONS = 512
 _EOS, _PAD = 256, 257
 _SPECIAL_IDS = dict(bos_token_id=_EOS, eos_token_id=_EOS, pad_token_id=_PAD)
@@ -110,11 +121,32 @@ def _tiny_gpt2_config() -> PretrainedConfig:
                       attn_pdrop=0.0, **_SPECIAL_IDS)
 
 
+def _tiny_roberta_config() -> PretrainedConfig:
+    # RoBERTa numbers positions from padding_idx + 1, so it needs 2 more than it can read
+    return RobertaConfig(vocab_size=TINY_VOCAB + 1, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, type_vocab_size=1,
+                         max_position_embeddings=TINY_MAX_POSITIONS + 2, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0, architectures=["RobertaForMaskedLM"],
+                         initializer_range=0.2,  # at 0.02 a 2-layer post-LN encoder is nearly flat in its adapters
+                         **_SPECIAL_IDS)
+
+
 TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "tiny-llama": _tiny_llama_config,
     "tiny-opt": _tiny_opt_config,
     "tiny-gpt2": _tiny_gpt2_config,
+    "tiny-roberta": _tiny_roberta_config,
 }
+
+
+def is_masked_lm(model: "torch.nn.Module") -> bool:
+    """True for a masked language model (``...ForMaskedLM``, also under a peft wrapper)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__.endswith("ForMaskedLM")
+
+
+def _masked_config(config: PretrainedConfig) -> bool:
+    return any(name.endswith("ForMaskedLM") for name in (getattr(config, "architectures", None) or ()))
 
 
 def _random_opt_config(size: str) -> PretrainedConfig:
@@ -133,24 +165,26 @@ def _random_model(alias: str, dtype: torch.dtype, device: str) -> tuple[PreTrain
     return model, byte_tokenizer()
 
 
-def byte_tokenizer() -> PreTrainedTokenizerFast:
+def byte_tokenizer(mask: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level tokenizer with no merges: one token per UTF-8 byte, ids 0-255.
 
     The 256 byte symbols of GPT-2's byte-to-unicode map (``ByteLevel.alphabet()``) get ids in
-    sorted order, then ``<|endoftext|>`` (bos = eos, 256) and ``<|pad|>`` (257). Any text
-    round-trips exactly through encode/decode.
+    sorted order, then ``<|endoftext|>`` (bos = eos, 256) and ``<|pad|>`` (257), and with
+    ``mask`` ``<mask>`` (258). Any text round-trips exactly through encode/decode.
     """
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
 
     vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab.update({tok: 256 + i for i, tok in enumerate(TINY_SPECIAL_TOKENS)})
+    specials = TINY_SPECIAL_TOKENS + ((TINY_MASK,) if mask else ())
+    vocab.update({tok: 256 + i for i, tok in enumerate(specials)})
     backend = Tokenizer(BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     eos, pad = TINY_SPECIAL_TOKENS
+    extra = {"mask_token": TINY_MASK} if mask else {}
     return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=eos, eos_token=eos,
-                                   pad_token=pad, model_max_length=TINY_MAX_POSITIONS)
+                                   pad_token=pad, model_max_length=TINY_MAX_POSITIONS, **extra)
 
 
 @contextlib.contextmanager
@@ -176,13 +210,15 @@ def _tiny_model(alias: str, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTra
     ``inv_freq`` stays fp32), as ``from_pretrained(dtype=...)`` leaves them, so a
     save/load round trip reproduces the logits exactly.
     """
+    config = TINY_CONFIGS[alias]()
+    auto = AutoModelForMaskedLM if _masked_config(config) else AutoModelForCausalLM
     with seeded(TINY_SEED):
-        model = AutoModelForCausalLM.from_config(TINY_CONFIGS[alias](), dtype=torch.float32)
+        model = auto.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for param in model.parameters():  # tied parameters are one object: cast once
             param.data = param.data.to(dtype)
     model.config.dtype = dtype
-    return model, byte_tokenizer()
+    return model, byte_tokenizer(mask=is_masked_lm(model))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,14 +403,15 @@ def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
     tokenizer.padding_side = "right"
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    generation = getattr(model, "generation_config", None)  # masked LMs have none
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
 
 
 def load_model(name: str, dtype: str = "fp32", device: str = "auto",
                device_map: str | dict[str, Any] | None = None
                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer; the model is returned in eval mode.
+    """Load a causal or masked LM and its tokenizer; the model is returned in eval mode.
 
     name:       an alias (:func:`list_model_aliases`), a local folder holding ``config.json``
                 (e.g. written by ``save_pretrained``), a ``.gguf`` file or a folder holding one
@@ -385,6 +422,9 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
     device_map: passed to ``from_pretrained`` (accelerate big-model loading: ``"auto"``, a
                 device name, or a module -> device dict); tiny models are dispatched with
                 accelerate's ``dispatch_model`` instead.
+
+    A checkpoint whose config lists a ``...ForMaskedLM`` architecture loads as a masked LM
+    (:func:`is_masked_lm`); it needs a tokenizer with a mask token.
 
     Raises ValueError for an unknown dtype or device, a folder without ``config.json``, or a
     name that is neither an alias, a folder nor a plausible hub id.
@@ -398,14 +438,17 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
         model = _dispatch(model, device_map) if device_map is not None else model
     else:
         source = _resolve(name)
-        model = _pretrained(AutoModelForCausalLM.from_pretrained, source, dtype=torch_dtype,
-                            device_map=device_map)
+        masked = _masked_config(_pretrained(AutoConfig.from_pretrained, source))
+        auto = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+        model = _pretrained(auto.from_pretrained, source, dtype=torch_dtype, device_map=device_map)
         if device_map is None:
             model = model.to(device)
         tokenizer = _pretrained(AutoTokenizer.from_pretrained, source)
+        if masked and tokenizer.mask_token_id is None:
+            raise ValueError(f"model {name!r} is a masked LM but its tokenizer has no mask token")
     _finish_tokenizer(tokenizer, model)
     return model.eval(), tokenizer
 
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "byte_tokenizer", "cache_dir", "resolve_device",
-           "list_model_aliases", "load_model", "seeded"]
+__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "byte_tokenizer", "cache_dir", "is_masked_lm",
+           "resolve_device", "list_model_aliases", "load_model", "seeded"]

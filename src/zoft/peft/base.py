@@ -11,11 +11,11 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 from typing import Iterator
 
-from peft import PeftModel, PeftType
+from peft import PeftModel, PeftType, TaskType
 from torch import nn
 
 from zoft.core.checks import check_int
-from zoft.models import seeded
+from zoft.models import is_masked_lm, seeded
 
 # Prompt-learning methods that prepend virtual positions to the input embeddings (so the
 # output logits are longer by num_virtual_tokens); prefix tuning instead enters as past
@@ -61,6 +61,13 @@ def seeded_for(model: nn.Module, seed: int) -> Iterator[None]:
     """Seeded RNG for initialising an adapter on ``model``'s devices; global state restored."""
     with seeded(seed, cuda_indices(model)):
         yield
+
+
+def task_type(model: nn.Module) -> TaskType:
+    """peft's task type for ``model``: CAUSAL_LM, or FEATURE_EXTRACTION for a masked LM (peft has
+    no masked-LM type; its generic wrapper passes the adapter through and returns the MLM logits,
+    where the causal one would look for generation methods a masked LM lacks)."""
+    return TaskType.FEATURE_EXTRACTION if is_masked_lm(model) else TaskType.CAUSAL_LM
 
 
 def refuse_peft_model(model: nn.Module) -> None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from zoft.core.checks import check_int, invalid
-from zoft.peft.base import SchemeConfig, model_type, refuse_peft_model, seeded_for
+from zoft.peft.base import SchemeConfig, model_type, refuse_peft_model, seeded_for, task_type
 
 # q and v projections, as in the LoRA paper and MeZO; peft's own table covers other types.
 DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
@@ -60,7 +60,7 @@ class LoraSchemeConfig(SchemeConfig):
     def apply(self, model: nn.Module) -> nn.Module:
         refuse_peft_model(model)
         targets = self.targets(model)
-        config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=self.lora_r,
+        config = LoraConfig(task_type=task_type(model), r=self.lora_r,
                             lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                             target_modules=list(targets) if targets else None,
                             fan_in_fan_out=_is_conv1d(model, targets))

@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from peft import PeftModel, PrefixTuningConfig, TaskType, get_peft_model
+from peft import PeftModel, PrefixTuningConfig, get_peft_model
 from torch import nn
 
 from zoft.core.checks import check_choice, check_int
-from zoft.peft.base import SchemeConfig, refuse_peft_model, seeded_for, vocab_size
+from zoft.models import is_masked_lm
+from zoft.peft.base import SchemeConfig, refuse_peft_model, seeded_for, task_type, vocab_size
 
 INITS = ("real", "random")
 
@@ -44,7 +45,7 @@ class PrefixSchemeConfig(SchemeConfig):
 
     def apply(self, model: nn.Module) -> nn.Module:
         refuse_peft_model(model)
-        config = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM,
+        config = PrefixTuningConfig(task_type=task_type(model),
                                     num_virtual_tokens=self.prefix_tokens)
         with seeded_for(model, self.seed):
             peft_model = get_peft_model(model, config)
@@ -67,14 +68,41 @@ def init_by_real_activations(model: PeftModel, seed: int) -> None:
     base = model.get_base_model()
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, vocab_size(base), (1, n), generator=gen).to(base.device)
-    cache = base(input_ids=ids, use_cache=True).past_key_values
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        raise ValueError(f"prefix_init 'real' needs a transformers Cache, got {type(cache).__name__}; "
-                         "use prefix_init='random'")
-    kv = torch.stack([torch.stack((layer.keys[0], layer.values[0])) for layer in layers])
+    kv = _encoder_key_values(base, ids) if is_masked_lm(base) else _decoder_key_values(base, ids)
     if kv.numel() != weight.numel():  # (L, 2, kv_heads, n, head_dim)
         raise ValueError(f"prefix_init 'real': cache of {kv.numel()} values does not fit the "
                          f"prefix of {weight.numel()} for {base.config.model_type}; "
                          "use prefix_init='random'")
     weight.copy_(kv.permute(3, 0, 1, 2, 4).reshape(n, -1))
+
+
+def _decoder_key_values(base: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """(L, 2, kv_heads, n, head_dim): the keys and values a causal LM caches for ``ids``."""
+    cache = base(input_ids=ids, use_cache=True).past_key_values
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"prefix_init 'real' needs a transformers Cache, got {type(cache).__name__}; "
+                         "use prefix_init='random'")
+    return torch.stack([torch.stack((layer.keys[0], layer.values[0])) for layer in layers])
+
+
+def _encoder_key_values(base: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """(L, 2, heads, n, head_dim): the key and value projections of a BERT-style encoder
+    (``...attention.self.key`` / ``.value`` modules) on ``ids``. An encoder caches nothing,
+    so they are caught by forward hooks; as the tokens also see each other both ways, the
+    adapted model at init is not exactly the base reading them first, only at its scale."""
+    heads = base.config.num_attention_heads
+    found: dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_hook(lambda mod, args, out, name=name: found.__setitem__(name, out))
+             for name, module in base.named_modules() if name.endswith(("attention.self.key", "attention.self.value"))]
+    try:
+        base(input_ids=ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    if not found:
+        raise ValueError(f"prefix_init 'real': no attention.self.key/value modules in {type(base).__name__}; "
+                         "use prefix_init='random'")
+    per_head = lambda out: out[0].reshape(out.shape[1], heads, -1).transpose(0, 1)  # (heads, n, head_dim)
+    names = list(found)  # layer order: key, value, key, value, ...
+    return torch.stack([torch.stack((per_head(found[k]), per_head(found[v]))) for k, v in zip(names[::2], names[1::2])])

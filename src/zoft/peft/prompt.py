@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import PromptTuningConfig, PromptTuningInit, get_peft_model
 from torch import nn
 
 from zoft.core.checks import check_choice, check_int
-from zoft.peft.base import SchemeConfig, refuse_peft_model, seeded_for
+from zoft.peft.base import SchemeConfig, refuse_peft_model, seeded_for, task_type
 
 INITS = {"vocab": PromptTuningInit.SAMPLE_VOCAB, "random": PromptTuningInit.RANDOM}
 
@@ -40,7 +40,7 @@ class PromptSchemeConfig(SchemeConfig):
 
     def apply(self, model: nn.Module) -> nn.Module:
         refuse_peft_model(model)
-        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
+        config = PromptTuningConfig(task_type=task_type(model),
                                     num_virtual_tokens=self.prompt_tokens,
                                     prompt_tuning_init=INITS[self.prompt_init])
         with seeded_for(model, self.seed):  # both inits draw from the global RNG

@@ -1,5 +1,8 @@
 """Model + examples -> loss closures and predictions (MeZO's classification mode).
 
+(A masked LM, e.g. RoBERTa, scores each candidate at mask tokens that stand for it instead:
+:func:`masked_rows`. The rest of this module serves both kinds.)
+
 Every candidate of an example is scored as the sequence prompt tokens + candidate tokens.
 Candidates whose inputs are a prefix of another candidate's share that input row (a causal
 model's logits at a position depend only on the tokens up to it), so single-token verbalizers
@@ -71,21 +74,31 @@ def _sequences(tokenizer, example: Example, max_length: int, generation: bool) -
 
 
 def collate(tokenizer, examples: Sequence[Example], max_length: int = 256,
-            generation: bool = False) -> Batch:
+            generation: bool = False, mask_token_id: int | None = None) -> Batch:
+    """The padded rows of ``examples`` and where each candidate is scored in them.
+
+    ``mask_token_id``: the model is a masked LM (:func:`masked_rows`); else a causal LM, whose
+    candidates sharing a prefix share a row."""
+    if mask_token_id is not None and generation:
+        raise ValueError("a masked language model scores candidates; it cannot train a generation task")
     rows_ids: list[list[int]] = []  # the input tokens of each row
     rows, cols, targets, cands, owners, first, sizes = [], [], [], [], [], [], []
     for e, ex in enumerate(examples):
-        seqs = _sequences(tokenizer, ex, max_length, generation)
+        if mask_token_id is None:
+            scored = [(ids[:-1], range(len(ids) - n_tail - 1, len(ids) - 1), ids[len(ids) - n_tail:])
+                      for ids, n_tail in _sequences(tokenizer, ex, max_length, generation)]
+            find = _row_for  # the last token is a target, never an input
+        else:
+            scored, find = masked_rows(tokenizer, ex, max_length, mask_token_id), _same_row
         first.append(len(owners))
-        sizes.append(len(seqs))
+        sizes.append(len(scored))
         mine: list[int] = []  # this example's rows
-        for ids, n_tail in seqs:
-            row = _row_for(rows_ids, mine, ids[:-1])  # the last token is a target, never an input
-            start = len(ids) - n_tail
-            rows += [row] * n_tail
-            cols += range(start - 1, len(ids) - 1)
-            targets += ids[start:]
-            cands += [len(owners)] * n_tail
+        for context, where, tail in scored:
+            row = find(rows_ids, mine, context)
+            rows += [row] * len(tail)
+            cols += where
+            targets += tail
+            cands += [len(owners)] * len(tail)
             owners.append(e)
     width = max(len(ids) for ids in rows_ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -98,6 +111,55 @@ def collate(tokenizer, examples: Sequence[Example], max_length: int = 256,
     t = lambda xs: torch.tensor(xs, dtype=torch.long)
     return Batch(input_ids, mask, t(rows), t(cols), t(targets), t(cands), t(owners), t(labels),
                  t(first), t(sizes))
+
+
+def masked_rows(tokenizer, example: Example, max_length: int, mask_token_id: int
+                ) -> list[tuple[list[int], list[int], list[int]]]:
+    """(input ids, mask positions, candidate token ids) of each candidate, for a masked LM.
+
+    The input is the prompt followed by one mask token per token of the candidate, inside the
+    tokenizer's special tokens (RoBERTa: ``<s> prompt <mask> </s>``, MeZO's RoBERTa template
+    ``*cls**sent_0*_It_was*mask*.*sep+*`` without the final period); the candidate's score is
+    the mean log-prob of its tokens at the masks. A one-token verbalizer (" great") is the
+    classic prompt-based classifier (Gao et al. 2021, used by MeZO for RoBERTa-large); longer
+    candidates are scored token by token at their masks, all masked at once."""
+    if not example.candidates:
+        raise ValueError(f"example has no candidates to score: {example.prompt[:60]!r}")
+    lead, plain, trail = _framed(tokenizer, example.prompt)
+    out = []
+    for cont in example.candidates:
+        tail = tokenizer(cont, add_special_tokens=False)["input_ids"]
+        room = max_length - len(lead) - len(trail) - len(tail)
+        if not tail or room < 1:
+            raise ValueError(f"candidate {cont!r} has {len(tail)} tokens: nothing to score, or no room for "
+                             f"the prompt in max_length {max_length}")
+        head = lead + plain[-room:]  # truncate the prompt from the left
+        out.append((head + [mask_token_id] * len(tail) + trail,
+                    list(range(len(head), len(head) + len(tail))), tail))
+    return out
+
+
+def _framed(tokenizer, text: str) -> tuple[list[int], list[int], list[int]]:
+    """(leading special tokens, the text's tokens, trailing special tokens) of ``text``."""
+    full = tokenizer(text)["input_ids"]
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not plain:
+        raise ValueError(f"the prompt is empty after tokenization, nothing to condition on: {text!r}")
+    for start in range(len(full) - len(plain) + 1):
+        if full[start: start + len(plain)] == plain:
+            return full[:start], plain, full[start + len(plain):]
+    raise ValueError(f"cannot place the mask tokens: the tokenizer's special tokens change the text's tokens "
+                     f"({text[:40]!r})")
+
+
+def _same_row(rows_ids: list[list[int]], mine: list[int], ids: list[int]) -> int:
+    """A row of ``mine`` holding exactly ``ids`` (a masked LM attends both ways), or a new row."""
+    for r in mine:
+        if rows_ids[r] == ids:
+            return r
+    mine.append(len(rows_ids))
+    rows_ids.append(list(ids))
+    return mine[-1]
 
 
 def _row_for(rows_ids: list[list[int]], mine: list[int], context: list[int]) -> int:

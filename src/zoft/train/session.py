@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from zoft.models import resolve_device, load_model
+from zoft.models import is_masked_lm, load_model, resolve_device
 from zoft.optim import OPTIMIZERS, make_optimizer
 from zoft.optim.traits import BACKPROP
 from zoft.peft import apply_peft, count_parameters, position_offset
@@ -140,6 +140,9 @@ class Session:
             log("compile: the decoder runs under torch.compile(dynamic=True); the first forwards compile")
         model.eval()  # deterministic forwards (no dropout): both evaluations of a ZO step see one f
         generation = task.kind == "generation"
+        if generation and is_masked_lm(model):
+            raise ValueError(f"{cfg.model} is a masked language model: it scores classification and multiple "
+                             f"choice candidates, it cannot generate ({task.name} is a generation task)")
         device = next(model.parameters()).device
         autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
         buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
@@ -179,8 +182,9 @@ class Session:
         return {**state, **self.masters.state()} if self.masters else state
 
     def batch(self, examples: Sequence[Example]):
-        return collate(self.tokenizer, examples, self.cfg.max_length,
-                       generation=self.task.kind == "generation").to(self.device)
+        mask = self.tokenizer.mask_token_id if is_masked_lm(self.model) else None
+        return collate(self.tokenizer, examples, self.cfg.max_length, generation=self.task.kind == "generation",
+                       mask_token_id=mask).to(self.device)
 
     def parameter_counts(self) -> tuple[int, int]:
         return count_parameters(self.model)
