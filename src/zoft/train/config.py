@@ -9,7 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from zoft.core.checks import as_float, check_bool, check_int, check_range, invalid
+from zoft.core.checks import as_float, check_bool, check_choice, check_int, check_range, invalid
+
+QUANTIZATIONS = ("int8", "int4")  # --quantize: the frozen base's linear layers (zoft.quantize)
 
 ZO_ONLY = ("eps", "q", "estimator", "perturbation", "rng")
 TRAINER_OPTIONS = ("orthogonalise_embeddings",)
@@ -79,6 +81,7 @@ class TrainConfig:
     # scale: device placement and precision (None: the defaults described in the CLI help)
     device_map: str | None = None  # accelerate big-model placement, e.g. "auto" (forward-only ZO)
     master_weights: bool | None = None  # fp32 masters of bf16/fp16 trainable tensors (ZO only)
+    quantize: str | None = None  # int8 | int4: the frozen base's linear layers (zoft.quantize; PEFT only)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,6 +113,8 @@ class TrainConfig:
         for key in ("model", "dtype", "device", "task", "peft", "optimizer", "lr_schedule", "out"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise invalid(key, getattr(self, key), "a non-empty string")
+        if self.quantize is not None:
+            check_choice("quantize", self.quantize, QUANTIZATIONS)
         if not isinstance(self.objective, str):
             raise invalid("objective", self.objective, "a string")
         from zoft.train.objective import metric_objective

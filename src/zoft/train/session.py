@@ -127,12 +127,20 @@ class Session:
         for note in splits.notes:
             log(f"note: {note}")
         master_weights = train and cfg.uses_master_weights()  # invalid combinations fail before loading
+        if cfg.quantize and cfg.scheme().dense:
+            raise ValueError(f"--quantize {cfg.quantize} stores the frozen base quantized, but --peft {cfg.peft} "
+                             "trains every weight; use lora, prefix or prompt")
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
         model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
         if getattr(task, "needs_tokenizer", False):  # chat data: rendered with the tokenizer's template
             task.use_tokenizer(tokenizer)
             splits = load_splits(task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
+        if cfg.quantize:
+            from zoft.quantize import quantize_frozen, quantized_bytes
+
+            n = quantize_frozen(model, cfg.quantize)
+            log(f"quantize: {n} frozen linear layers stored in {cfg.quantize} ({quantized_bytes(model) / 2**20:.1f} MiB)")
         cfg = cap_max_length(cfg, model, log)
         check_resident(model)
         if cfg.compile:
