@@ -96,6 +96,7 @@ class OwnTask(Task):
         self.tables = tables
         if tables is not None:
             self.paths = {split: Path(train_file) for split in tables}
+            self.name = train_file  # hf:NAME[:CONFIG], so notes and errors name the data set
         first = tables[next(iter(tables))] if tables is not None else read_table(Path(train_file))
         columns = sorted(first[0][1])
         self.format = format or next((f for f, need in COLUMNS.items() if set(need) <= set(columns)), None)
