@@ -109,6 +109,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "2 CPU cores after ~80 s of compiling, docs/RESULTS.md 14a)")
     p.add_argument("--eval-zero-shot", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="score dev and test before the first step; the last line compares them")
+    p.add_argument("--stream-base", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="read the frozen decoder blocks from the model folder's safetensors files at each "
+                        "forward instead of holding them in memory (LoRA/prefix/prompt, zeroth-order only)")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="fp32 master copies of bf16/fp16 trainable tensors (ZO; default: on for "
                         "PEFT in bf16/fp16, off for full fine-tuning)")
@@ -116,8 +119,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    switches = [("tensorboard", bool, ""), ("master-weights", bool, ""), ("eval-zero-shot", bool, ""),
-                ("compile", bool, "")]
+    switches = [("tensorboard", bool, ""), ("master-weights", bool, ""), ("stream-base", bool, ""),
+                ("eval-zero-shot", bool, ""), ("compile", bool, "")]
     given = [n for n, _, _ in FLAGS + switches if n != "out" and hasattr(args, n.replace("-", "_"))]
     if getattr(args, "command", None) == "train" and not (args.config or args.opt or args.peft_opt or given):
         print("zoft: no settings given: the first-run preset " + " ".join(
@@ -145,7 +148,7 @@ fresh machine). Every other setting is the run's own, from its config.json."""
 def _given_flags(args: argparse.Namespace) -> list[str]:
     """The settings given on the command line (flags default to absent, not to a value)."""
     names = [n.replace("-", "_") for n, _, _ in FLAGS] + ["tensorboard", "compile", "eval_zero_shot",
-                                                          "master_weights"]
+                                                          "master_weights", "stream_base"]
     given = [n for n in names if hasattr(args, n)]
     return given + [n for n in ("config", "opt", "peft_opt") if getattr(args, n, None)]
 

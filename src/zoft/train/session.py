@@ -95,6 +95,27 @@ def compile_decoder(model: torch.nn.Module) -> None:
     decoder.compile(dynamic=True)
 
 
+def streamed_model(cfg: TrainConfig, train: bool, log):
+    """(model, tokenizer, streamer) for --stream-base, after refusing what cannot stream."""
+    from zoft.models import DTYPES, _finish_tokenizer
+    from zoft.stream import load_streamed
+
+    why = ("--peft full trains the blocks that would be streamed" if cfg.scheme().dense else
+           f"{cfg.optimizer} back-propagates, which keeps every block's weights for the backward"
+           if train and cfg.backprop() else
+           "--quantize and --stream-base are two ways to shrink the base; choose one" if cfg.quantize else
+           "--device-map places the model with accelerate; --stream-base streams it itself" if cfg.device_map else
+           "--compile is not supported with a streamed base" if cfg.compile else None)
+    if why:
+        raise ValueError(f"--stream-base: {why}")
+    if resolve_device(cfg.device) != "cpu":
+        raise ValueError("--stream-base streams blocks into CPU memory; use --device cpu")
+    model, tokenizer, streamer = load_streamed(cfg.model, DTYPES[WEIGHTS[cfg.dtype]])
+    _finish_tokenizer(tokenizer, model)
+    log(f"stream-base: {len(streamer.blocks)} decoder blocks read from {cfg.model} per forward")
+    return model, tokenizer, streamer
+
+
 def check_resident(model: torch.nn.Module) -> None:
     """Refuse trainable tensors that a device map offloaded (meta placeholders): accelerate
     streams those in per forward, so an in-place perturbation or update would be lost."""
@@ -131,11 +152,19 @@ class Session:
             raise ValueError(f"--quantize {cfg.quantize} stores the frozen base quantized, but --peft {cfg.peft} "
                              "trains every weight; use lora, prefix or prompt")
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
-        model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
+        streamer = None
+        if cfg.stream_base:
+            model, tokenizer, streamer = streamed_model(cfg, train, log)
+        else:
+            model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
         if getattr(task, "needs_tokenizer", False):  # chat data: rendered with the tokenizer's template
             task.use_tokenizer(tokenizer)
             splits = load_splits(task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
         model = apply_peft(model, cfg.peft, **cfg.peft_options)
+        if streamer is not None:
+            from zoft.stream import materialize_adapters
+
+            materialize_adapters(model, seed=cfg.peft_options.get("seed", 0))
         if cfg.quantize:
             from zoft.quantize import quantize_frozen, quantized_bytes
 
