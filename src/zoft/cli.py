@@ -18,7 +18,7 @@ FLAGS: list[tuple[str, type, str]] = [
     ("dtype", str, "auto (default: bf16 compute for ZO where the CPU/GPU has native bf16, else fp32) | fp32 | bf16 | fp16 | amp-bf16 (fp32 weights, bf16 autocast)"),
     ("device", str, "auto | cpu | cuda"),
     ("quantize", str, "int8 | int4: store the frozen base's linear layers quantized (LoRA, prefix, prompt; "
-                      "a quarter / a seventh of fp32; docs/RESULTS.md)"),
+                      "a quarter / about a sixth of fp32; docs/RESULTS.md)"),
     ("device-map", str, "accelerate placement across devices, e.g. auto (models larger than one device; ZO needs forwards only)"),
     ("task", str, "task name (zoft list)"),
     ("data-dir", str, "folder in the official data layout (default: $ZOFT_DATA_DIR, else the hub)"),

@@ -12,7 +12,7 @@ LoRA matrices) by a :class:`QuantizedLinear`:
   gradient must flow back through the layer (the FO baselines), the weight is de-quantized one
   layer at a time.
 - ``int4``: symmetric scales per group of ``group_size`` (32) inputs, q in [-8, 7], two values
-  per byte: 0.5 byte per weight plus 4 bytes per group (~1/7 of fp32). De-quantized one layer at
+  per byte: 0.5 byte per weight plus 4 bytes per group (0.625 bytes: 1/6.4 of fp32). De-quantized one layer at
   a time for each product (slower; the memory is the point).
 
 The model's other tensors keep their dtype. The quantized weights are frozen parameters (so
