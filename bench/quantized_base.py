@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoft.quantize import quantized_bytes
+from zoft.quantize import frozen_linears, quantized_bytes
 from zoft.train.config import TrainConfig
 from zoft.train.session import Session
 
@@ -50,9 +50,9 @@ def session(args, mode: str) -> Session:
 
 
 def frozen_linear_bytes(model: nn.Module) -> int:
-    head = model.get_base_model().get_output_embeddings() if hasattr(model, "get_base_model") else None
-    return sum(m.weight.numel() * m.weight.element_size() + (0 if m.bias is None else m.bias.numel() * m.bias.element_size())
-               for m in model.modules() if type(m) is nn.Linear and not m.weight.requires_grad and m is not head)
+    """Bytes of the layers --quantize would replace (weights and biases)."""
+    return sum(t.numel() * t.element_size() for _, m in frozen_linears(model) for t in (m.weight, m.bias)
+               if t is not None)
 
 
 def tensor_bytes(model: nn.Module) -> int:

@@ -19,16 +19,16 @@ Aliases (:data:`MODEL_ALIASES`):
   weights and an in-memory byte-level tokenizer; for tests and offline smoke runs.
   ``tiny-roberta`` is the same for a masked language model (RoBERTa; its byte tokenizer has
   a ``<mask>`` token).
+- ``random-opt-125m`` ... ``random-opt-13b``: the architectures of facebook/opt-* (real sizes,
+  vocabulary 50272) with seeded random weights, built directly in the requested dtype on the
+  requested device, and the byte tokenizer. For memory and speed measurements offline: the
+  figures depend on the shapes, not on the weights.
 
 Causal and masked language models: a checkpoint whose config names a ``...ForMaskedLM``
 architecture (``roberta-large``, ``bert-base-uncased``, ...) loads with
 ``AutoModelForMaskedLM``, every other one with ``AutoModelForCausalLM``; :func:`is_masked_lm`
 tells the scoring code which it has (a masked LM scores a candidate at ``<mask>`` positions,
 zoft.train.objective).
-- ``random-opt-125m`` ... ``random-opt-13b``: the architectures of facebook/opt-* (real sizes,
-  vocabulary 50272) with seeded random weights, built directly in the requested dtype on the
-  requested device, and the byte tokenizer. For memory and speed measurements offline: the
-  figures depend on the shapes, not on the weights.
 """
 
 from __future__ import annotations
@@ -139,10 +139,14 @@ TINY_CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
 }
 
 
-def is_masked_lm(model: "torch.nn.Module") -> bool:
+def base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (``model`` itself when there is none)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_masked_lm(model: torch.nn.Module) -> bool:
     """True for a masked language model (``...ForMaskedLM``, also under a peft wrapper)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__.endswith("ForMaskedLM")
+    return type(base_model(model)).__name__.endswith("ForMaskedLM")
 
 
 def _masked_config(config: PretrainedConfig) -> bool:
@@ -450,5 +454,5 @@ def load_model(name: str, dtype: str = "fp32", device: str = "auto",
     return model.eval(), tokenizer
 
 
-__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "byte_tokenizer", "cache_dir", "is_masked_lm",
+__all__ = ["DEFAULT_MODEL", "DTYPES", "MODEL_ALIASES", "base_model", "byte_tokenizer", "cache_dir", "is_masked_lm",
            "resolve_device", "list_model_aliases", "load_model", "seeded"]

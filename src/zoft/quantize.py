@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from zoft.core.checks import check_choice
+from zoft.models import base_model
 from zoft.train.config import QUANTIZATIONS
 
 GROUP_SIZE = 32
@@ -39,7 +40,6 @@ class QuantizedLinear(nn.Module):
         super().__init__()
         weight = linear.weight.detach().float()
         self.in_features, self.out_features, self.bits = linear.in_features, linear.out_features, bits
-        self.compute_dtype = linear.weight.dtype
         if bits == 8:
             scale = weight.abs().amax(1).clamp_min(1e-12) / 127
             q = torch.round(weight / scale[:, None]).clamp_(-127, 127).to(torch.int8)
@@ -79,15 +79,20 @@ class QuantizedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int{self.bits}"
 
 
+def frozen_linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """(name, module) of the linear layers --quantize replaces: frozen, not the output head."""
+    base = base_model(model)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    return [(name, module) for name, module in model.named_modules()
+            if type(module) is nn.Linear and module is not head and not module.weight.requires_grad]
+
+
 def quantize_frozen(model: nn.Module, kind: str, group_size: int = GROUP_SIZE) -> int:
-    """Replace ``model``'s frozen linear layers (not the output head) by QuantizedLinear in place;
-    returns how many were replaced. Raises ValueError when none is frozen (full fine-tuning)."""
+    """Replace ``model``'s frozen linear layers (:func:`frozen_linears`) by QuantizedLinear in
+    place; returns how many were replaced. Raises ValueError when none is frozen (full fine-tuning)."""
     check_choice("quantize", kind, QUANTIZATIONS)
     bits = 8 if kind == "int8" else 4
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    targets = [(name, module) for name, module in model.named_modules()
-               if type(module) is nn.Linear and module is not head and not module.weight.requires_grad]
+    targets = frozen_linears(model)
     if not targets:
         raise ValueError(f"--quantize {kind}: the model has no frozen linear layer to quantize (full "
                          "fine-tuning trains every weight); use a PEFT scheme (lora, prefix, prompt)")

@@ -65,17 +65,20 @@ class Checkpoint:
         return out if dtype is None or not out.is_floating_point() else out.to(dtype)
 
 
+def _slot(module: nn.Module, name: str, key: str, names: set[str], aliases: dict[str, str]) -> tuple[nn.Module, str, str]:
+    """(owner module, attribute, checkpoint key) of parameter ``name`` of ``module``, stored as
+    ``key`` or under the name it is tied to."""
+    key = key if key in names else aliases.get(key, key)
+    if key not in names:
+        raise ValueError(f"--stream-base: the checkpoint has no tensor {key}")
+    owner_name, _, attr = name.rpartition(".")
+    return (module.get_submodule(owner_name) if owner_name else module), attr, key
+
+
 def _slots(module: nn.Module, prefix: str, names: set[str], aliases: dict[str, str]) -> list[tuple[nn.Module, str, str]]:
-    """(owner module, attribute, checkpoint key) of every parameter under ``module``."""
-    out = []
-    for name, _ in module.named_parameters(recurse=True, remove_duplicate=False):
-        owner_name, _, attr = name.rpartition(".")
-        key = f"{prefix}{name}"
-        key = key if key in names else aliases.get(key, key)
-        if key not in names:
-            raise ValueError(f"--stream-base: the checkpoint has no tensor {key}")
-        out.append((module.get_submodule(owner_name) if owner_name else module, attr, key))
-    return out
+    """:func:`_slot` of every parameter under ``module`` (checkpoint keys ``prefix + name``)."""
+    return [_slot(module, name, f"{prefix}{name}", names, aliases)
+            for name, _ in module.named_parameters(remove_duplicate=False)]
 
 
 class BlockStreamer:
@@ -150,11 +153,7 @@ def load_streamed(folder: str | Path, dtype: torch.dtype, prefetch: bool = True)
     for name, param in list(model.named_parameters(remove_duplicate=False)):
         if id(param) in streamed or not param.is_meta:
             continue
-        owner_name, _, attr = name.rpartition(".")
-        key = name if name in names else aliases.get(name, name)
-        if key not in names:
-            raise ValueError(f"--stream-base: the checkpoint has no tensor {key}")
-        owner = model.get_submodule(owner_name) if owner_name else model
+        owner, attr, key = _slot(model, name, name, names, aliases)
         owner._parameters[attr] = nn.Parameter(checkpoint.read(key, dtype), requires_grad=param.requires_grad)
     if getattr(config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight

@@ -92,17 +92,18 @@ def _encoder_key_values(base: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     so they are caught by forward hooks; as the tokens also see each other both ways, the
     adapted model at init is not exactly the base reading them first, only at its scale."""
     heads = base.config.num_attention_heads
+    keys = [name for name, _ in base.named_modules() if name.endswith("attention.self.key")]  # layer order
+    pairs = [(k, k.removesuffix("key") + "value") for k in keys]
+    if not pairs:
+        raise ValueError(f"prefix_init 'real': no attention.self.key/value modules in {type(base).__name__}; "
+                         "use prefix_init='random'")
     found: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda mod, args, out, name=name: found.__setitem__(name, out))
-             for name, module in base.named_modules() if name.endswith(("attention.self.key", "attention.self.value"))]
+    hooks = [base.get_submodule(name).register_forward_hook(lambda mod, args, out, name=name: found.__setitem__(name, out))
+             for pair in pairs for name in pair]
     try:
         base(input_ids=ids)
     finally:
         for hook in hooks:
             hook.remove()
-    if not found:
-        raise ValueError(f"prefix_init 'real': no attention.self.key/value modules in {type(base).__name__}; "
-                         "use prefix_init='random'")
     per_head = lambda out: out[0].reshape(out.shape[1], heads, -1).transpose(0, 1)  # (heads, n, head_dim)
-    names = list(found)  # layer order: key, value, key, value, ...
-    return torch.stack([torch.stack((per_head(found[k]), per_head(found[v]))) for k, v in zip(names[::2], names[1::2])])
+    return torch.stack([torch.stack((per_head(found[k]), per_head(found[v]))) for k, v in pairs])

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-from zoft.models import is_masked_lm, load_model, resolve_device
+from zoft.models import base_model, is_masked_lm, load_model, resolve_device
 from zoft.optim import OPTIMIZERS, make_optimizer
 from zoft.optim.traits import BACKPROP
 from zoft.peft import apply_peft, count_parameters, position_offset
@@ -64,7 +64,7 @@ def cap_max_length(cfg: TrainConfig, model: torch.nn.Module, log=lambda m: None)
     """``cfg`` with max_length at most the positions the model has (less a prompt's virtual
     tokens); the model's config, not the tokenizer's model_max_length (which converted and
     some hub tokenizers leave at ~1e30), is what a longer sequence would break."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     positions = getattr(base.config, "max_position_embeddings", None)
     room = positions - position_offset(model) if isinstance(positions, int) else None
     if room is None or cfg.max_length <= room:
@@ -88,7 +88,7 @@ def compile_decoder(model: torch.nn.Module) -> None:
     """torch.compile the transformer body in place (the LM head and zoft's scored-position
     hook on it stay eager, so the graph does not change with the batch's scored positions).
     Parameters are graph inputs, so in-place perturbations and updates are seen."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
     if not isinstance(decoder, torch.nn.Module):
         raise ValueError(f"compile: {type(base).__name__} has no decoder body to compile (get_decoder)")
@@ -100,12 +100,13 @@ def streamed_model(cfg: TrainConfig, train: bool, log):
     from zoft.models import DTYPES, _finish_tokenizer
     from zoft.stream import load_streamed
 
-    why = ("--peft full trains the blocks that would be streamed" if cfg.scheme().dense else
-           f"{cfg.optimizer} back-propagates, which keeps every block's weights for the backward"
-           if train and cfg.backprop() else
-           "--quantize and --stream-base are two ways to shrink the base; choose one" if cfg.quantize else
-           "--device-map places the model with accelerate; --stream-base streams it itself" if cfg.device_map else
-           "--compile is not supported with a streamed base" if cfg.compile else None)
+    refusals = [(cfg.scheme().dense, "--peft full trains the blocks that would be streamed"),
+                (train and cfg.backprop(), f"{cfg.optimizer} back-propagates, which keeps every block's weights "
+                                           "for the backward"),
+                (cfg.quantize, "--quantize and --stream-base are two ways to shrink the base; choose one"),
+                (cfg.device_map, "--device-map places the model with accelerate; --stream-base streams it itself"),
+                (cfg.compile, "--compile is not supported with a streamed base")]
+    why = next((message for refused, message in refusals if refused), None)
     if why:
         raise ValueError(f"--stream-base: {why}")
     if resolve_device(cfg.device) != "cpu":
