@@ -426,7 +426,10 @@ def test_packing_keeps_a_weighted_cell_a_run_folder(tmp_path):
     out = tmp_path / "grid"
     shutil.copytree(src, out)
     (out / ARCHIVE).unlink()  # as the cell was before its first pack: every file loose
-    (cell,) = (out / "cells").iterdir()
+    packed = [c for c in (out / "cells").iterdir() if not (c / "metrics.jsonl").exists()]
+    for other in set((out / "cells").iterdir()) - set(packed):  # cells committed loose (unfinished, newer)
+        shutil.rmtree(other)
+    (cell,) = packed
     for name in ("metrics.jsonl", "train.log", "stderr.log"):
         (cell / name).write_text("{}\n" if name.endswith("jsonl") else "log\n")
     before = sorted(p.name for p in cell.iterdir())
