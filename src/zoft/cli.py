@@ -112,6 +112,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-base", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="read the frozen decoder blocks from the model folder's safetensors files at each "
                         "forward instead of holding them in memory (LoRA/prefix/prompt, zeroth-order only)")
+    p.add_argument("--offload-blocks", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                   help="full fine-tuning with the decoder blocks kept in CPU memory and copied to the device "
+                        "one at a time, both perturbed forwards run per block (ZO2's design; zo-sgd, "
+                        "zo-sgd-mmt, zo-sgd-sign, zo-adam, zo-muon)")
     p.add_argument("--master-weights", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="fp32 master copies of bf16/fp16 trainable tensors (ZO; default: on for "
                         "PEFT in bf16/fp16, off for full fine-tuning)")
@@ -120,7 +124,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     switches = [("tensorboard", bool, ""), ("master-weights", bool, ""), ("stream-base", bool, ""),
-                ("eval-zero-shot", bool, ""), ("compile", bool, "")]
+                ("offload-blocks", bool, ""), ("eval-zero-shot", bool, ""), ("compile", bool, "")]
     given = [n for n, _, _ in FLAGS + switches if n != "out" and hasattr(args, n.replace("-", "_"))]
     if getattr(args, "command", None) == "train" and not (args.config or args.opt or args.peft_opt or given):
         print("zoft: no settings given: the first-run preset " + " ".join(
@@ -148,7 +152,7 @@ fresh machine). Every other setting is the run's own, from its config.json."""
 def _given_flags(args: argparse.Namespace) -> list[str]:
     """The settings given on the command line (flags default to absent, not to a value)."""
     names = [n.replace("-", "_") for n, _, _ in FLAGS] + ["tensorboard", "compile", "eval_zero_shot",
-                                                          "master_weights", "stream_base"]
+                                                          "master_weights", "stream_base", "offload_blocks"]
     given = [n for n in names if hasattr(args, n)]
     return given + [n for n in ("config", "opt", "peft_opt") if getattr(args, n, None)]
 

@@ -111,12 +111,16 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.steps_taken += 1
         return torch.tensor(est.loss)
 
-    def _update(self, space: ParamSpace, est: Estimate) -> None:
-        pairs = self._tensors()
+    def _update(self, space: ParamSpace, est: Estimate, pairs: Sequence[tuple[torch.Tensor, dict]] | None = None,
+                states: Sequence[dict] | None = None) -> None:
+        """Restore and update the tensors of ``space`` (by default every tensor, with its own
+        state; :mod:`zoft.offload` passes one block's device copies, their groups and states)."""
+        pairs = self._tensors() if pairs is None else pairs
+        states = [self.state[p] for p, _ in pairs] if states is None else states
         if not self.chain:
             self._linear_update(pairs, space, est)
             return
-        for j, (p, group) in enumerate(pairs):
+        for j, ((p, group), state) in enumerate(zip(pairs, states)):
             coefs = _coefficients(space, est, j, p)
             lr, wd = self._lr(p, group), group["weight_decay"]
             g = torch.zeros(p.shape, dtype=torch.float32 if p.dtype != torch.float64 else p.dtype,
@@ -131,7 +135,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                 g.add_(p, alpha=wd)
             elif wd:
                 p.mul_(1.0 - lr * wd)
-            out = chain_apply(self.chain, g, p, self.state[p], group, _support(est, j, p))
+            out = chain_apply(self.chain, g, p, state, group, _support(est, j, p))
             p.add_(out, alpha=-lr)
 
     @staticmethod

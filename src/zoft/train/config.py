@@ -83,6 +83,7 @@ class TrainConfig:
     master_weights: bool | None = None  # fp32 masters of bf16/fp16 trainable tensors (ZO only)
     quantize: str | None = None  # int8 | int4: the frozen base's linear layers (zoft.quantize; PEFT only)
     stream_base: bool | None = None  # read the frozen decoder blocks from disk per forward (zoft.stream; ZO + PEFT)
+    offload_blocks: bool | None = None  # full FT with the blocks in CPU memory, one at a time on the device (zoft.offload)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -109,7 +110,7 @@ class TrainConfig:
             check_range("momentum", self.momentum, 0.0)
         for key in ("eval_zero_shot", "tensorboard"):
             check_bool(key, getattr(self, key))
-        for key in ("compile", "master_weights", "stream_base"):
+        for key in ("compile", "master_weights", "stream_base", "offload_blocks"):
             check_bool(key, getattr(self, key), optional=True)
         for key in ("model", "dtype", "device", "task", "peft", "optimizer", "lr_schedule", "out"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):

@@ -136,6 +136,9 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
 
 
 def check_data_parallel(cfg: TrainConfig, world: int) -> None:
+    if cfg.offload_blocks:
+        raise ValueError("--offload-blocks runs in one process (its two perturbed forwards take turns per "
+                         "block); launch it without torchrun")
     if not cfg.traits().data_parallel:
         raise ValueError(f"{cfg.optimizer} does not run data-parallel (its jvp cannot pass through an "
                          "all-reduce); launch it as one process")
@@ -153,7 +156,7 @@ def take_step(s: Session, batches, comm: Comm = Comm()) -> float:
             sums = torch.stack([s.objective.loss_sum(b).double() for b in batches])
             return (comm.all_reduce(sums) / counts).mean()
 
-        return float(s.optimizer.step(closure))
+        return float(s.offload.step(closure) if s.offload is not None else s.optimizer.step(closure))
     s.optimizer.zero_grad(set_to_none=True)
     total = 0.0
     runner = s.objective.runner

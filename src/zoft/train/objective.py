@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
@@ -229,10 +230,14 @@ def continued(model: torch.nn.Module, on: bool) -> Iterator[None]:
 
 @contextmanager
 def scored_positions(model: torch.nn.Module, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
-    """While active, the LM head sees only hidden[rows, cols] (shape (1, N, H))."""
+    """While active, the LM head sees only hidden[rows, cols] (shape (1, N, H)), in this thread
+    (``--offload-blocks`` runs the two perturbed forwards in two threads, each with its own)."""
     head = model.get_output_embeddings()
+    owner = threading.get_ident()
 
     def gather(module, args):
+        if threading.get_ident() != owner:
+            return None
         hidden = args[0]
         return (hidden[rows, cols].unsqueeze(0), *args[1:])
 

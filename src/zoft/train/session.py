@@ -117,6 +117,21 @@ def streamed_model(cfg: TrainConfig, train: bool, log):
     return model, tokenizer, streamer
 
 
+def check_offload(cfg: TrainConfig) -> None:
+    """Refuse what --offload-blocks cannot combine with, before the model loads."""
+    refusals = [(not cfg.scheme().dense, f"it offloads the trainable blocks of --peft full; with --peft {cfg.peft} "
+                 "the frozen base can be streamed from disk with --stream-base instead"),
+                (cfg.stream_base, "--stream-base streams a frozen base; choose one"),
+                (cfg.quantize, "--quantize stores a frozen base; full fine-tuning has none"),
+                (cfg.device_map, "--device-map places the model with accelerate; --offload-blocks places it itself"),
+                (cfg.compile, "--compile is not supported with offloaded blocks"),
+                (cfg.grad_accum > 1, "it runs one forward per perturbation: raise --batch-size instead of --grad-accum"),
+                (cfg.uses_master_weights(), "fp32 master weights are not offloaded; use --dtype fp32 or amp-bf16")]
+    for refused, why in refusals:
+        if refused:
+            raise ValueError(f"--offload-blocks: {why}")
+
+
 def check_resident(model: torch.nn.Module) -> None:
     """Refuse trainable tensors that a device map offloaded (meta placeholders): accelerate
     streams those in per forward, so an in-place perturbation or update would be lost."""
@@ -138,6 +153,7 @@ class Session:
     objective: Objective
     device: torch.device
     masters: MasterWeights | None = None
+    offload: Any = None  # zoft.offload.BlockOffload under --offload-blocks
 
     @classmethod
     def build(cls, cfg: TrainConfig, log=lambda m: print(m, file=sys.stderr), train: bool = True) -> "Session":
@@ -153,11 +169,15 @@ class Session:
             raise ValueError(f"--quantize {cfg.quantize} stores the frozen base quantized, but --peft {cfg.peft} "
                              "trains every weight; use lora, prefix or prompt")
         orthogonalise_embeddings = cfg.orthogonalise_embeddings()
+        offload = train and bool(cfg.offload_blocks)
+        if offload:
+            check_offload(cfg)
         streamer = None
         if cfg.stream_base:
             model, tokenizer, streamer = streamed_model(cfg, train, log)
         else:
-            model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device=cfg.device, device_map=cfg.device_map)
+            model, tokenizer = load_model(cfg.model, dtype=WEIGHTS[cfg.dtype], device="cpu" if offload else cfg.device,
+                                          device_map=cfg.device_map)
         if getattr(task, "needs_tokenizer", False):  # chat data: rendered with the tokenizer's template
             task.use_tokenizer(tokenizer)
             splits = load_splits(task, cfg.data_dir, cfg.train_size, cfg.dev_size, cfg.test_size, cfg.seed)
@@ -181,9 +201,12 @@ class Session:
         if generation and is_masked_lm(model):
             raise ValueError(f"{cfg.model} is a masked language model: it scores classification and multiple "
                              f"choice candidates, it cannot generate ({task.name} is a generation task)")
-        device = next(model.parameters()).device
+        device = torch.device(resolve_device(cfg.device)) if offload else next(model.parameters()).device
         autocast = torch.bfloat16 if cfg.dtype == "amp-bf16" else None
         buckets = DEFAULT_BUCKET_POSITIONS if cfg.bucket_positions is None else cfg.bucket_positions
+        if offload and buckets:  # a block runs once per perturbation and step: one forward per batch
+            log("offload-blocks: length buckets off (each block runs once per perturbation and step)")
+            buckets = 0
         if cfg.objective != "loss" and train and cfg.backprop():
             raise ValueError(f"--objective {cfg.objective} is not differentiable; {cfg.optimizer} needs "
                              "gradients (use a zeroth-order optimizer)")
@@ -206,7 +229,14 @@ class Session:
             if len(masters):
                 log(f"master weights: fp32 copies of {len(masters)} low-precision trainable tensors")
         optimizer = make_optimizer(cfg.optimizer, groups, **hp)
-        return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters)
+        offloader = None
+        if offload:
+            from zoft.offload import BlockOffload
+
+            offloader = BlockOffload(model, optimizer, device)
+            blocks = sum(u.offloaded for u in offloader.units)
+            log(f"offload-blocks: {blocks} decoder blocks in CPU memory, copied to {device} one at a time")
+        return cls(cfg, model, tokenizer, task, splits, optimizer, objective, device, masters, offloader)
 
     @property
     def closure_driven(self) -> bool:
@@ -216,8 +246,15 @@ class Session:
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The trainable tensors to checkpoint: fp32 masters where there are masters."""
+        self.sync()
         state = checkpoint.trainable_state(self.model)
         return {**state, **self.masters.state()} if self.masters else state
+
+    def sync(self) -> None:
+        """Offloaded blocks take their pending updates, so the CPU copies (and the optimizer
+        state beside them) are current: before checkpoints and evaluations."""
+        if self.offload is not None:
+            self.offload.flush()
 
     def batch(self, examples: Sequence[Example]):
         mask = self.tokenizer.mask_token_id if is_masked_lm(self.model) else None
@@ -231,6 +268,7 @@ class Session:
     def evaluate(self, examples: Sequence[Example]) -> dict[str, float]:
         if not examples:
             return {}
+        self.sync()
         if self.task.kind == "generation":
             with self.objective.compute():
                 preds = greedy_answers(self.model, self.tokenizer, [e.prompt for e in examples],
