@@ -41,7 +41,8 @@ def same_weights(a, b) -> bool:
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt"])
 @pytest.mark.parametrize("optimizer,hp", [("zo-sgd", {}), ("zo-sgd-mmt", {}), ("zo-adam", {}),
                                           ("zo-sgd", {"weight_decay": 0.1, "rng": "counter"}),
-                                          ("zo-sgd-mmt", {"perturbation": "rademacher", "rng": "counter"})])
+                                          ("zo-sgd-mmt", {"perturbation": "rademacher", "rng": "counter"}),
+                                          ("zo-sgd-sign", {"perturbation": "sphere"}), ("zo-muon", {})])
 def test_offloaded_steps_equal_the_in_memory_ones_bitwise(name, optimizer, hp):
     a, opt_a, b, opt_b = pair(name, optimizer, **hp)
     start = copy.deepcopy(a)
