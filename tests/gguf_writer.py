@@ -17,8 +17,9 @@ def _permute(w: np.ndarray, heads: int) -> np.ndarray:
     return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_llama_gguf(path: Path):
-    """Write tiny-llama (fp32) to ``path``; returns the model and tokenizer it came from."""
+def write_tiny_llama_gguf(path: Path, q4_1: bool = False):
+    """Write tiny-llama (fp32) to ``path``; returns the model and tokenizer it came from. With
+    ``q4_1`` the blocks' linear weights are stored as Q4_1 (as the bundled SmolLM2's are)."""
     model, tok = load_model("tiny-llama")
     c = model.config
     w = gguf.GGUFWriter(str(path), "llama")
@@ -52,7 +53,11 @@ def write_tiny_llama_gguf(path: Path):
             a = _permute(a, c.num_attention_heads)
         elif ".attn_k." in name:
             a = _permute(a, c.num_key_value_heads)
-        w.add_tensor(name, np.ascontiguousarray(a))
+        if q4_1 and name.startswith("blk.") and a.ndim == 2 and a.shape[1] % 32 == 0:
+            q = gguf.quants.quantize(np.ascontiguousarray(a), gguf.GGMLQuantizationType.Q4_1)
+            w.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+        else:
+            w.add_tensor(name, np.ascontiguousarray(a))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -49,7 +49,8 @@ def test_quantize_frozen_replaces_frozen_linears_only_and_keeps_the_trainable_se
     model = apply_peft(load_model("tiny-llama")[0], peft)
     trainable = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
     head = model.get_base_model().get_output_embeddings()
-    n = quantize_frozen(model, "int8")
+    n, kept = quantize_frozen(model, "int8")
+    assert kept == 0
     assert n == 14  # 2 layers x (q, k, v, o, gate, up, down)
     assert {n: p for n, p in model.named_parameters() if p.requires_grad}.keys() == trainable.keys()
     assert model.get_base_model().get_output_embeddings() is head and type(head) is nn.Linear
@@ -93,3 +94,38 @@ def test_quantize_is_refused_for_full_fine_tuning_and_unknown_kinds(tmp_path, ca
         TrainConfig(quantize="int3")
     with pytest.raises(ValueError, match="no frozen linear layer"):
         quantize_frozen(load_model("tiny-llama")[0], "int8")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_int4_of_a_q4_1_gguf_keeps_the_files_blocks_and_the_same_loss(tmp_path, monkeypatch, dtype):
+    """The file's Q4_1 blocks de-quantize to exactly the weights of the de-quantized model, so
+    an int4 base built from them computes the same loss as the full-precision base (bitwise),
+    where re-quantizing the weights would round them a second time."""
+    from gguf_writer import write_tiny_llama_gguf
+
+    monkeypatch.setenv("ZOFT_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "q41.gguf"
+    write_tiny_llama_gguf(path, q4_1=True)
+    logs: list[str] = []
+
+    def session(q):
+        cfg = TrainConfig(model=str(path), task="sentiment-demo", peft="lora", quantize=q, train_size=16, dev_size=8,
+                          test_size=8, max_length=48, dtype=dtype, out=str(tmp_path / "x"))
+        return Session.build(cfg, log=logs.append, train=False)
+    full, q4 = session(None), session("int4")
+    layers = [m for m in q4.model.modules() if isinstance(m, QuantizedLinear)]
+    assert layers and all(m.minimum is not None for m in layers)  # every block linear kept as Q4_1
+    assert any("of them the GGUF file's own Q4_1 blocks" in line for line in logs)
+    with torch.no_grad():
+        a = full.objective.loss(full.batch(full.splits.train))
+        b = q4.objective.loss(q4.batch(q4.splits.train))
+    assert float(a) == float(b)
+    # 4 bits + an fp16 scale and minimum per 32 weights: 0.625 bytes per weight
+    weights = sum(m.in_features * m.out_features for m in layers)
+    assert quantized_bytes(q4.model) == weights * 0.625
+    # the same layers re-quantized from the weights (a file without Q4_1 tensors) are not exact
+    plain = session(None)
+    n, kept = quantize_frozen(plain.model, "int4")
+    assert n == len(layers) and kept == 0
+    with torch.no_grad():
+        assert float(plain.objective.loss(plain.batch(plain.splits.train))) != float(a)

@@ -332,6 +332,22 @@ def _resolve(name: str) -> str:
                      f"aliases: {', '.join(MODEL_ALIASES)}")
 
 
+def gguf_file(name: str) -> Path | None:
+    """The GGUF file model ``name`` is loaded from (the bundled SmolLM2's, a .gguf path, or a
+    folder's only .gguf file), else None. ``--quantize int4`` keeps its Q4_1 blocks."""
+    if name == "smollm2-135m":
+        folder = _package_folder(SMOLLM2_PACKAGE)
+        path = folder / SMOLLM2_GGUF if folder is not None else None
+        return path if path is not None and path.is_file() else None
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        return ggufs[0] if len(ggufs) == 1 else None
+    return None
+
+
 def _gguf_source(path: Path) -> str:
     """A GGUF file de-quantized to fp32 safetensors in the cache, once per file version (the
     cache folder is keyed by the file's path, size and modification time)."""

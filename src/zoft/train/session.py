@@ -187,10 +187,13 @@ class Session:
 
             materialize_adapters(model, seed=cfg.peft_options.get("seed", 0))
         if cfg.quantize:
+            from zoft.models import gguf_file
             from zoft.quantize import quantize_frozen, quantized_bytes
 
-            n = quantize_frozen(model, cfg.quantize)
-            log(f"quantize: {n} frozen linear layers stored in {cfg.quantize} ({quantized_bytes(model) / 2**20:.1f} MiB)")
+            n, kept = quantize_frozen(model, cfg.quantize, gguf_file=gguf_file(cfg.model))
+            from_file = f", {kept} of them the GGUF file's own Q4_1 blocks" if kept else ""
+            log(f"quantize: {n} frozen linear layers stored in {cfg.quantize}{from_file} "
+                f"({quantized_bytes(model) / 2**20:.1f} MiB)")
         cfg = cap_max_length(cfg, model, log)
         check_resident(model)
         if cfg.compile:
