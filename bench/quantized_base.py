@@ -8,7 +8,10 @@ loss next to the fp32 base's:
 
   fp32   fp32 weights          bf16   bf16 weights (what --dtype auto runs for PEFT here)
   int8   bf16 weights, linear layers int8 (per-row scales; torch's fused weight-only kernel)
-  int4   bf16 weights, linear layers int4 (per-32 scales; de-quantized one layer at a time)
+  int4   bf16 weights, linear layers int4 (per-32 scales; de-quantized one layer at a time); for
+         a model loaded from a Q4_1 GGUF file (the bundled SmolLM2) the file's own blocks
+  int4-requant  the same layers quantized from the bf16 weights instead (symmetric per-32 scales:
+         what int4 was before it kept a GGUF file's blocks; part 1 only)
 
 Part 2 (--train-steps N, 0 skips it): a short SST-2 run per mode through ``zoft train``
 (ZO-SGD, the prefix pilot's best lr 3e-2, constant, dev 200 every N/4 steps, 1000 training
@@ -35,18 +38,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from zoft.quantize import frozen_linears, quantized_bytes
+from zoft.quantize import frozen_linears, quantize_frozen, quantized_bytes
 from zoft.train.config import TrainConfig
 from zoft.train.session import Session
 
-MODES = {"fp32": ("fp32", None), "bf16": ("bf16", None), "int8": ("bf16", "int8"), "int4": ("bf16", "int4")}
+MODES = {"fp32": ("fp32", None), "bf16": ("bf16", None), "int8": ("bf16", "int8"), "int4": ("bf16", "int4"),
+         "int4-requant": ("bf16", "int4-requant")}
+TRAINABLE_MODES = ["fp32", "bf16", "int8", "int4"]  # through zoft train --quantize
 
 
 def session(args, mode: str) -> Session:
     dtype, quantize = MODES[mode]
+    requant = quantize == "int4-requant"
     cfg = TrainConfig(model=args.model, task="sst2", data_dir=args.data_dir, peft=args.peft, dtype=dtype,
-                      quantize=quantize, train_size=64, dev_size=1, test_size=1, max_length=128, batch_size=16)
-    return Session.build(cfg, log=lambda m: None, train=False)
+                      quantize=None if requant else quantize, train_size=64, dev_size=1, test_size=1, max_length=128,
+                      batch_size=16)
+    s = Session.build(cfg, log=lambda m: None, train=False)
+    if requant:
+        quantize_frozen(s.model, "int4")  # from the weights, not the file's blocks
+    return s
 
 
 def frozen_linear_bytes(model: nn.Module) -> int:
@@ -142,7 +152,7 @@ def main() -> None:
     p.add_argument("--data-dir", default=None, help="default: $ZOFT_DATA_DIR")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--train-steps", type=int, default=100)
-    p.add_argument("--train-modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--train-modes", nargs="+", default=TRAINABLE_MODES, choices=TRAINABLE_MODES)
     p.add_argument("--lr", type=float, default=3e-2)
     p.add_argument("--runs", default="runs/quantized_base", help="folder for the training runs")
     p.add_argument("--out", default="bench/results/quantized_base")
