@@ -201,3 +201,22 @@ def test_the_cli_flag_reaches_the_refusals(tmp_path, capsys):
 def test_train_refuses_what_offloading_cannot_do(tmp_path, kw, why):
     with pytest.raises(ValueError, match=why):
         Session.build(cfg_for(tmp_path, True, **kw), log=lambda m: None)
+
+
+def test_a_forward_that_runs_a_block_twice_is_refused_and_restored():
+    a, opt_a, b, opt_b = pair("tiny-llama", "zo-sgd")
+    off = BlockOffload(b, opt_b)
+    before = copy.deepcopy(b)
+    block = b.model.layers[0]
+
+    def twice():
+        with torch.no_grad():
+            h = b.model.embed_tokens(IDS)
+            block(h, position_embeddings=b.model.rotary_emb(h, torch.arange(IDS.shape[1])[None]))
+        return lm_loss(b)()
+
+    with pytest.raises(RuntimeError, match="exactly once"):
+        off.step(twice)
+    off.flush()
+    for x, y in zip(before.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6)

@@ -188,6 +188,10 @@ class BlockOffload:
         self._step = step = _StepState(u)
         try:
             f_plus, f_minus = self._lockstep(closure)
+            once = [*(step.offset.get(k) for k, u in enumerate(self.units) if u.offloaded), *step.resident_offset.values()]
+            if any(r != -1.0 for r in once):  # each tensor at x - eps u: perturbed once, flipped once
+                raise RuntimeError("--offload-blocks: every decoder block must run exactly once per forward; "
+                                   "this model skips or repeats one")
             bad = next((f for f in (f_plus, f_minus) if not math.isfinite(f)), None)
             if bad is not None:
                 raise NonFiniteLossError(f"loss is {bad} in an offloaded ZO step; parameters were restored "
