@@ -353,7 +353,7 @@ class BlockOffload:
         est = Estimate(terms=[Term(sub, t.coef) for t in pending.est.terms], pending=[(1.0, sub)])
         opt = self.optimizer
         homes = [opt.state[self.params[j]] for j in index]
-        moved = [self._state_to(s, self.device) for s in homes] if states else homes
+        moved = [self._state_up(s) for s in homes] if states else homes
         opt._update(space, est, [(t, pending.groups[j]) for t, j in zip(tensors, index)], moved)
         if states:
             for home, state in zip(homes, moved):
@@ -364,7 +364,7 @@ class BlockOffload:
                         home[key] = value
             self.mover.settle()
 
-    def _state_to(self, state: dict, device: torch.device) -> dict:
+    def _state_up(self, state: dict) -> dict:
         return {k: self.mover.up(v) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
 
     @property
@@ -399,10 +399,10 @@ def _check_units(model: nn.Module, units: list[_Unit], n_params: int) -> None:
     covered = {j for u in units for j in u.index}
     if len(covered) != n_params:
         raise ValueError("--offload-blocks: some trainable tensors belong to no module it can place")
-    ancestors = {id(u.module): u for u in units}
+    unit_modules = {id(u.module) for u in units}
     for unit in units:
         for child in unit.module.modules():
-            if child is not unit.module and id(child) in ancestors:
+            if child is not unit.module and id(child) in unit_modules:
                 raise ValueError(f"--offload-blocks: {type(unit.module).__name__} owns trainable tensors and "
                                  f"contains {type(child).__name__}, which does too; it cannot run them in turns")
 

@@ -175,9 +175,7 @@ def q4_1_blocks(path: str | Path, model: nn.Module) -> dict[int, list[torch.Tens
     kv_heads = getattr(model.config, "num_key_value_heads", heads) or heads
     out: dict[int, list[torch.Tensor]] = {}
     for module_name, module in model.named_modules():
-        if isinstance(module, nn.Module) and hasattr(module, "base_layer"):  # a LoRA layer: its frozen linear
-            module_name, module = f"{module_name}.base_layer", module.base_layer
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, nn.Linear):  # under LoRA the frozen linear is ``NAME.base_layer``
             continue
         gguf_name = names.get_name(module_name.removesuffix(".base_layer"))
         tensor = by_gguf.get(f"{gguf_name}.weight") if gguf_name else None

@@ -116,10 +116,10 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Restore and update the tensors of ``space`` (by default every tensor, with its own
         state; :mod:`zoft.offload` passes one block's device copies, their groups and states)."""
         pairs = self._tensors() if pairs is None else pairs
-        states = [self.state[p] for p, _ in pairs] if states is None else states
         if not self.chain:
             self._linear_update(pairs, space, est)
             return
+        states = [self.state[p] for p, _ in pairs] if states is None else states
         for j, ((p, group), state) in enumerate(zip(pairs, states)):
             coefs = _coefficients(space, est, j, p)
             lr, wd = self._lr(p, group), group["weight_decay"]

@@ -106,15 +106,20 @@ def streamed_model(cfg: TrainConfig, train: bool, log):
                 (cfg.quantize, "--quantize and --stream-base are two ways to shrink the base; choose one"),
                 (cfg.device_map, "--device-map places the model with accelerate; --stream-base streams it itself"),
                 (cfg.compile, "--compile is not supported with a streamed base")]
-    why = next((message for refused, message in refusals if refused), None)
-    if why:
-        raise ValueError(f"--stream-base: {why}")
+    refuse("--stream-base", refusals)
     if resolve_device(cfg.device) != "cpu":
         raise ValueError("--stream-base streams blocks into CPU memory; use --device cpu")
     model, tokenizer, streamer = load_streamed(cfg.model, DTYPES[WEIGHTS[cfg.dtype]])
     _finish_tokenizer(tokenizer, model)
     log(f"stream-base: {len(streamer.blocks)} decoder blocks read from {cfg.model} per forward")
     return model, tokenizer, streamer
+
+
+def refuse(flag: str, refusals: list[tuple[Any, str]]) -> None:
+    """Raise a one-line ValueError ``flag: why`` for the first (refused, why) that holds."""
+    why = next((message for refused, message in refusals if refused), None)
+    if why:
+        raise ValueError(f"{flag}: {why}")
 
 
 def check_offload(cfg: TrainConfig) -> None:
@@ -127,9 +132,7 @@ def check_offload(cfg: TrainConfig) -> None:
                 (cfg.compile, "--compile is not supported with offloaded blocks"),
                 (cfg.grad_accum > 1, "it runs one forward per perturbation: raise --batch-size instead of --grad-accum"),
                 (cfg.uses_master_weights(), "fp32 master weights are not offloaded; use --dtype fp32 or amp-bf16")]
-    for refused, why in refusals:
-        if refused:
-            raise ValueError(f"--offload-blocks: {why}")
+    refuse("--offload-blocks", refusals)
 
 
 def check_resident(model: torch.nn.Module) -> None:
