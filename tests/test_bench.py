@@ -146,6 +146,25 @@ def test_cell_key_ignores_unset_options():
     config = {"model": "tiny-llama", "optimizer": "zo-sgd", "lr": 1e-3}
     assert Cell(config, {}).key == Cell({**config, "new_option": None}, {}).key
     assert Cell(config, {}).key != Cell({**config, "new_option": 1}, {}).key
+    assert Cell(config, {}).key == Cell({**config, "objective": "loss"}, {}).key  # added later, at its default
+    assert Cell(config, {}).key != Cell({**config, "objective": "accuracy"}, {}).key
+
+
+def test_every_committed_cell_keeps_its_key():
+    """Each cell stored under docs/results (loose or packed) is named by the key its own config
+    hashes to now: a change to the key (or a new TrainConfig default) would make every stored
+    cell run again."""
+    from zoft.bench import store
+    from zoft.bench.grid import Cell
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    checked = 0
+    for out in sorted({p.parent.parent for p in results.glob("*/cells/*/cell.json")} |
+                      {p.parent for p in results.glob("*/cells.zip")}):
+        for key in store.keys(out):
+            stored = store.read_json(out, key, "cell.json")
+            assert Cell(stored["config"], stored["varied"]).key == key, f"{out.name}/{key}"
+            checked += 1
+    assert checked > 50
 
 
 def _fake_cell(out: Path, key: str, optimizer: str, task: str, lr: float, seed: int, test: float, dev: float,
@@ -442,3 +461,56 @@ def test_packing_keeps_a_weighted_cell_a_run_folder(tmp_path):
 def main_report(out):
     assert main(["report", str(out)]) == 0
     return (out / "tables.md").read_text(), (out / "results.csv").read_text()
+
+
+def test_jobs_run_cells_at_once_with_their_share_of_the_threads(tmp_path, monkeypatch):
+    """--jobs 2: two cells are in flight together (a 2-party barrier would time out otherwise),
+    each told cores // 2 threads; the records keep the cells' order; --jobs 0 is refused."""
+    import threading
+
+    from zoft.bench import runner
+
+    (tmp_path / "spec.yaml").write_text(SPEC)
+    cells = expand_spec(load_spec(tmp_path / "spec.yaml"), quick=True)[:4]
+    barrier, seen = threading.Barrier(2, timeout=30), []
+
+    def fake(out, cell, log, drop_weights, threads, jobs):
+        barrier.wait()
+        seen.append((threads, jobs))
+        return {"status": "finished"}
+
+    monkeypatch.setattr(runner, "run_cell", fake)
+    records = runner.run_grid(cells, tmp_path / "out", jobs=2)
+    assert [r["key"] for r in records] == [c.key for c in cells]
+    assert seen == [(max(1, (os.cpu_count() or 1) // 2), 2)] * 4
+    with pytest.raises(ValueError, match="--jobs must be at least 1"):
+        runner.run_grid(cells, tmp_path / "out", jobs=0)
+
+
+def test_jobs_grid_gives_the_sequential_grid_results(tmp_path):
+    """The same quick grid with --jobs 2 and --jobs 1: every cell finished, the same final losses
+    (threads change only the order of float reductions), cell.json records jobs and threads."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    finals = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        assert main(["bench", str(spec), "--out", str(out), "--quick", "--jobs", str(jobs)]) == 0
+        rows = list(csv.DictReader(open(out / "results.csv")))
+        assert len(rows) == 6 and all(r["status"] == "finished" for r in rows)
+        finals[jobs] = {r["key"]: float(r["final_loss"]) for r in rows}
+        meta = [json.loads(p.read_text()) for p in out.glob("cells/*/cell.json")]
+        assert all(("jobs" in m) == (jobs > 1) for m in meta)
+    assert finals[1].keys() == finals[2].keys()
+    assert all(finals[1][k] == pytest.approx(finals[2][k], rel=1e-4, abs=1e-6) for k in finals[1])
+
+
+def test_parallel_cells_times_both_arms_and_writes_its_files(tmp_path):
+    subprocess.run([sys.executable, str(BENCH / "parallel_cells.py"), "--model", "tiny-llama", "--task",
+                    "sentiment-demo", "--peft", "lora", "--steps", "2", "--rounds", "1", "--cores", "2",
+                    "--out", str(tmp_path)], check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "parallel_cells.json").read_text())
+    assert [(r["arm"], r["processes"], r["threads"]) for r in result["rounds"]] == [("alone", 1, 2), ("side_by_side", 2, 1)]
+    assert result["throughput_ratio"] > 0 and all(r["steps_per_s"] > 0 for r in result["rounds"])
+    assert (tmp_path / "parallel_cells.png").stat().st_size > 1000 and (tmp_path / "parallel_cells.csv").exists()
+    assert not (tmp_path / "runs").exists()  # the timed runs are removed

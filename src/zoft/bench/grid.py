@@ -30,6 +30,11 @@ from zoft.train.config import TrainConfig, read_config_file
 
 SPEC_KEYS = {"name", "base", "grid", "per_optimizer", "quick", "zero_shot", "exclude"}
 ZERO_SHOT = "zero-shot"
+KEY_DEFAULTS = {"objective": "loss"}
+"""TrainConfig options added after grids were stored whose default is not None: at this value
+they are left out of a cell's key, as an unset option is. A new option with a non-None default
+must be added here, or every stored cell would run again (tests/test_bench.py checks the keys
+of the committed cells)."""
 # What a zero-shot cell varies over. The seed samples the train/dev/test examples, so each seed's
 # trained cells are compared with the untrained model on their own dev and test examples.
 CELL_KEYS = ("model", "task", "peft", "seed")
@@ -43,8 +48,9 @@ class Cell:
     @property
     def key(self) -> str:
         # Unset (None) fields are left out, so adding an option to TrainConfig does not change
-        # the key of every cell that was run before the option existed.
-        config = {k: v for k, v in self.config.items() if v is not None}
+        # the key of every cell that was run before the option existed; so are options added
+        # later with a non-None default, at that default (KEY_DEFAULTS).
+        config = {k: v for k, v in self.config.items() if v is not None and KEY_DEFAULTS.get(k, None) != v}
         text = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
