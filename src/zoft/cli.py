@@ -204,7 +204,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not cells:
             raise ValueError(f"--only {' '.join(args.only)} matches no cell of {args.spec}")
     out = Path(args.out)
-    records = run_grid(cells, out, drop_weights=args.drop_weights)
+    records = run_grid(cells, out, drop_weights=args.drop_weights, jobs=args.jobs)
     build_report(out)
     failed = [r for r in records if r["summary"].get("status") != "finished"]
     print(f"{len(records) - len(failed)} of {len(records)} cells finished; tables in {out / 'tables.md'}")
@@ -283,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--drop-weights", action="store_true",
                        help="delete each finished cell's weights, best weights and optimizer state "
                             "(keeps config, metrics, summary; a full fine-tuning cell is a model copy)")
+    bench.add_argument("--jobs", type=int, default=1,
+                       help="cells run at once, each with cores // jobs torch threads (default 1: one at a "
+                            "time with torch's own thread count); peak memory adds up across them")
     bench.set_defaults(func=_cmd_bench)
     learn = sub.add_parser("learn-finetuner", help="meta-train a ZO Fine-tuner (learned per-block "
                            "perturbation scales) for a base model: --model M --task T --peft P --steps N")
