@@ -29,10 +29,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from zoft.bench.runner import thread_env
+
 
 def launch(args, run_dir: Path, threads: int, seed: int) -> subprocess.Popen:
     shutil.rmtree(run_dir, ignore_errors=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = thread_env(threads)
     argv = [sys.executable, "-m", "zoft", "train", "--model", args.model, "--task", args.task,
             "--peft", args.peft, "--optimizer", args.optimizer, "--lr", str(args.lr), "--steps", str(args.steps),
             "--batch-size", "16", "--train-size", "1000", "--dev-size", "0", "--test-size", "0",

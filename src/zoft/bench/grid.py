@@ -50,7 +50,7 @@ class Cell:
         # Unset (None) fields are left out, so adding an option to TrainConfig does not change
         # the key of every cell that was run before the option existed; so are options added
         # later with a non-None default, at that default (KEY_DEFAULTS).
-        config = {k: v for k, v in self.config.items() if v is not None and KEY_DEFAULTS.get(k, None) != v}
+        config = {k: v for k, v in self.config.items() if v is not None and KEY_DEFAULTS.get(k) != v}
         text = json.dumps(config, sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 

@@ -30,6 +30,11 @@ from zoft.train.run_files import finished_summary
 WEIGHT_FILES = (MANIFEST, BEST, "checkpoint-*.json", "weights-*.safetensors", "optimizer-*.pt")
 
 
+def thread_env(threads: int) -> dict[str, str]:
+    """This process's environment with torch's thread count (OpenMP and MKL) set to ``threads``."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
 def cell_dir(out: Path, cell: Cell) -> Path:
     return out / "cells" / cell.key
 
@@ -71,7 +76,7 @@ def _run_or_skip(out: Path, cell: Cell, log: Callable[[str], None], threads: int
         write_json(folder / "train_config.json", cell.config)
         argv = ["train", "--config", str(folder / "train_config.json"), "--out", str(folder)]
     with open(folder / "stderr.log", "a") as err:
-        env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        env = None if threads is None else thread_env(threads)
         proc = subprocess.run([sys.executable, "-m", "zoft", *argv], stdout=subprocess.DEVNULL, stderr=err, env=env)
     summary_path = folder / "summary.json"
     if summary_path.exists():
