@@ -86,7 +86,7 @@ def test_zero_shot_cells_exclusions_quick_axes_and_pieces(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("""
 zero_shot: true
-base: {model: tiny-llama, peft: lora, steps: 3}
+base: {model: tiny-llama, peft: lora, steps: 3, lr: 3.0e-4}
 grid: {task: [sst2, copa], optimizer: [zo-sgd, fo-adam], seed: [0, 1]}
 exclude: [{optimizer: fo-adam, task: copa}]
 quick: {task: [sst2], seed: [0], steps: 1}
@@ -107,6 +107,9 @@ quick: {task: [sst2], seed: [0], steps: 1}
     assert [c.key for c in select(cells, ["optimizer=zero-shot"])] == [c.key for c in zero]
     # a zero-shot cell's config names the base optimizer, but it is not that optimizer's cell
     assert all(c.varied["optimizer"] == "zo-sgd" for c in select(cells, ["optimizer=zo-sgd"]))
+    # YAML 1.1 reads 3e-4 (no dot) as a string: --only lr=3e-4 must still match lr 3.0e-4
+    assert len(select(cells, ["lr=3e-4"])) == len(cells) == len(select(cells, ["lr=0.0003"]))
+    assert select(cells, ["lr=1e-3"]) == []
     with pytest.raises(ValueError, match="unknown key"):
         select(cells, ["sed=1"])
 

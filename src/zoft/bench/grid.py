@@ -120,7 +120,13 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
         if "=" not in item:
             raise ValueError(f"--only expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        wanted[key.replace("-", "_")] = yaml.safe_load(raw)
+        value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        wanted[key.replace("-", "_")] = value
     unknown = sorted(set(wanted) - set(cells[0].config)) if cells else []
     if unknown:
         raise ValueError(f"--only: unknown key(s) {unknown}; valid: {sorted(cells[0].config)}")
