@@ -517,3 +517,20 @@ def test_parallel_cells_times_both_arms_and_writes_its_files(tmp_path):
     assert result["throughput_ratio"] > 0 and all(r["steps_per_s"] > 0 for r in result["rounds"])
     assert (tmp_path / "parallel_cells.png").stat().st_size > 1000 and (tmp_path / "parallel_cells.csv").exists()
     assert not (tmp_path / "runs").exists()  # the timed runs are removed
+
+
+def test_memory_creep_records_every_arms_peak_per_step(tmp_path):
+    subprocess.run([sys.executable, str(BENCH / "memory_creep.py"), "--model", "tiny-llama", "--task",
+                    "sentiment-demo", "--peft", "lora", "--steps", "3", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True)
+    result = json.loads((tmp_path / "memory_creep.json").read_text())
+    assert set(result["arms"]) == {"buckets", "no_buckets", "buckets_onednn_cache_0"}
+    for arm in result["arms"].values():
+        steps = [s for s, _ in arm["peak_gib_by_step"]]
+        peaks = [g for _, g in arm["peak_gib_by_step"]]
+        assert steps == [1, 2, 3] and peaks == sorted(peaks) and peaks[0] > 0  # a high-water mark
+        assert arm["s_per_step"] > 0
+    assert result["arms"]["buckets"]["s_per_step_vs_buckets"] == 1.0
+    rows = (tmp_path / "memory_creep.csv").read_text().splitlines()
+    assert rows[0] == "arm,step,peak_gib" and len(rows) == 1 + 3 * 3
+    assert (tmp_path / "memory_creep.png").stat().st_size > 1000 and not (tmp_path / "runs").exists()
