@@ -477,7 +477,7 @@ def test_jobs_run_cells_at_once_with_their_share_of_the_threads(tmp_path, monkey
     cells = expand_spec(load_spec(tmp_path / "spec.yaml"), quick=True)[:4]
     barrier, seen = threading.Barrier(2, timeout=30), []
 
-    def fake(out, cell, log, drop_weights, threads, jobs):
+    def fake(out, cell, log, drop_weights, threads, jobs, piece_passes):
         barrier.wait()
         seen.append((threads, jobs))
         return {"status": "finished"}
@@ -534,3 +534,22 @@ def test_memory_creep_records_every_arms_peak_per_step(tmp_path):
     rows = (tmp_path / "memory_creep.csv").read_text().splitlines()
     assert rows[0] == "arm,step,peak_gib" and len(rows) == 1 + 3 * 3
     assert (tmp_path / "memory_creep.png").stat().st_size > 1000 and not (tmp_path / "runs").exists()
+
+
+def test_piece_passes_advance_every_cell_a_piece_at_a_time(tmp_path, capsys):
+    """--piece-passes N pauses each unfinished cell after N more forward passes; a rerun
+    continues it to the results of an uninterrupted grid, and the report says where it stands."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    only = ["--only", "optimizer=zo-sgd", "seed=0", "lr=1e-2"]  # 3 steps of 2 passes
+    assert main(["bench", str(spec), "--out", str(tmp_path / "whole"), *only]) == 0
+    out = tmp_path / "pieces"
+    for piece, (status, steps) in enumerate([("unfinished", 2), ("finished", 3)]):
+        assert main(["bench", str(spec), "--out", str(out), *only, "--piece-passes", "4"]) == 0
+        [row] = list(csv.DictReader(open(out / "results.csv")))
+        assert (row["status"], int(row["steps"]), int(row["forward_passes"])) == (status, steps, 2 * steps)
+    assert "1 of 1 cells finished" in capsys.readouterr().out
+    [whole] = list(csv.DictReader(open(tmp_path / "whole" / "results.csv")))
+    assert (row["final_loss"], row["test_metric"]) == (whole["final_loss"], whole["test_metric"])
+    assert main(["bench", str(spec), "--out", str(out), "--piece-passes", "0"]) == 2
+    assert "--piece-passes must be at least 1, got 0" in capsys.readouterr().err

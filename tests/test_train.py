@@ -159,6 +159,37 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, optimiz
     assert [json.loads(r)["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
+def test_a_run_in_pieces_of_forward_passes_ends_as_an_uninterrupted_run(tmp_path):
+    kw = dict(optimizer="zo-sgd", peft="lora", lr=1e-2, steps=6, save_every=100, eval_every=4)
+    train(config(tmp_path / "a", **kw))
+    run = tmp_path / "b" / "run"
+    # zo-sgd spends 2 passes a step: 5 passes end the piece after step 3, with a checkpoint
+    piece = train(config(tmp_path / "b", **kw), pause_after=5)
+    assert piece == {"status": "paused", "step": 3, "forward_passes": 6}
+    assert not (run / "summary.json").exists()  # unfinished: a bench rerun continues it
+    assert json.loads((run / "checkpoint.json").read_text())["step"] == 3
+    assert "paused after 5 forward passes: checkpoint saved at step 3" in (run / "train.log").read_text()
+    cfg = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert train(cfg, resume=True, pause_after=2)["step"] == 4  # counted from where this piece starts
+    assert main(["train", "--resume", str(run), "--pause-after-passes", "100"]) == 0  # the end comes first
+    a, b = final_weights(tmp_path / "a" / "run"), final_weights(run)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "dev_accuracy" in r] == [4, 6]  # no dev at the pauses
+    with pytest.raises(ValueError, match="--pause-after-passes must be at least 1, got 0"):
+        train(config(tmp_path / "c", **kw), pause_after=0)
+
+
+def test_zoft_train_exits_75_when_it_pauses(tmp_path):
+    from zoft.train.run_files import PAUSED
+
+    argv = ["train", "--model", "tiny-llama", "--task", "sentiment-demo", "--train-size", "16", "--dev-size", "4",
+            "--test-size", "4", "--batch-size", "4", "--steps", "4", "--lr", "1e-2", "--out", str(tmp_path / "r")]
+    assert main(argv + ["--pause-after-passes", "2"]) == PAUSED == 75
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 0
+
+
 @pytest.mark.parametrize("peft", ["full", "lora", "prefix", "prompt"])
 def test_every_peft_scheme_trains_with_zo(tmp_path, peft):
     summary = train(config(tmp_path, peft=peft, steps=2, lr=1e-3, eps=1e-2))

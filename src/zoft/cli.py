@@ -159,7 +159,7 @@ def _given_flags(args: argparse.Namespace) -> list[str]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from zoft.train.loop import train
-    from zoft.train.run_files import read_run_config
+    from zoft.train.run_files import PAUSED, read_run_config
 
     if args.resume:  # the run's own config; only --steps may extend it
         refused = [n for n in _given_flags(args) if n not in RESUME_FLAGS + ("out",)]
@@ -173,9 +173,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg.out = str(run_dir)
         cfg.steps = getattr(args, "steps", cfg.steps)
         cfg.data_dir = getattr(args, "data_dir", cfg.data_dir)
-        summary = train(cfg.validate(), resume=True)
+        summary = train(cfg.validate(), resume=True, pause_after=args.pause_after_passes)
     else:
-        summary = train(config_from_args(args))
+        summary = train(config_from_args(args), pause_after=args.pause_after_passes)
+    if summary.get("status") == "paused":
+        return PAUSED
     return 0 if summary.get("status") == "finished" else 1
 
 
@@ -204,10 +206,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not cells:
             raise ValueError(f"--only {' '.join(args.only)} matches no cell of {args.spec}")
     out = Path(args.out)
-    records = run_grid(cells, out, drop_weights=args.drop_weights, jobs=args.jobs)
+    records = run_grid(cells, out, drop_weights=args.drop_weights, jobs=args.jobs, piece_passes=args.piece_passes)
     build_report(out)
-    failed = [r for r in records if r["summary"].get("status") != "finished"]
-    print(f"{len(records) - len(failed)} of {len(records)} cells finished; tables in {out / 'tables.md'}")
+    paused = [r for r in records if r["summary"].get("status") == "paused"]
+    failed = [r for r in records if r["summary"].get("status") not in ("finished", "paused")]
+    print(f"{len(records) - len(failed) - len(paused)} of {len(records)} cells finished"
+          + (f", {len(paused)} paused (rerun to continue)" if paused else "") + f"; tables in {out / 'tables.md'}")
     return 1 if failed else 0
 
 
@@ -262,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="fine-tune a model on a task")
     _add_train_flags(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR (its config.json)")
+    train.add_argument("--pause-after-passes", type=int, metavar="N",
+                       help="end this piece of the run after N training forward passes, with a checkpoint "
+                            "(exit status 75; --resume continues): a long run in pieces")
     train.set_defaults(func=_cmd_train)
     ev = sub.add_parser("eval", help="evaluate zero-shot (--model/--task) or a trained RUN_DIR")
     ev.add_argument("run_dir", nargs="?", help="a run directory written by zoft train")
@@ -286,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--jobs", type=int, default=1,
                        help="cells run at once, each with cores // jobs torch threads (default 1: one at a "
                             "time with torch's own thread count); peak memory adds up across them")
+    bench.add_argument("--piece-passes", type=int, metavar="N",
+                       help="advance each unfinished cell by at most N training forward passes, then pause it "
+                            "with a checkpoint (rerun the same command to continue): a long grid in pieces")
     bench.set_defaults(func=_cmd_bench)
     learn = sub.add_parser("learn-finetuner", help="meta-train a ZO Fine-tuner (learned per-block "
                            "perturbation scales) for a base model: --model M --task T --peft P --steps N")

@@ -24,11 +24,21 @@ METHOD_KEYS = ("estimator", "perturbation", "q")  # varied, these name a method,
 
 
 def load_records(out: Path) -> list[dict[str, Any]]:
-    records = []
-    for key in store.keys(out):
-        summary = store.read_json(out, key, "summary.json") or {"status": "not run"}
-        records.append({"key": key, **store.read_json(out, key, "cell.json"), "summary": summary})
-    return records
+    return [{"key": key, **store.read_json(out, key, "cell.json"), "summary": _summary(out, key)}
+            for key in store.keys(out)]
+
+
+def _summary(out: Path, key: str) -> dict[str, Any]:
+    """A cell's summary.json; for a cell paused or stopped with a checkpoint, where it stands
+    (status ``unfinished``: steps, forward passes, wall time and best dev so far); else ``not run``."""
+    summary = store.read_json(out, key, "summary.json")
+    if summary:
+        return summary
+    ckpt = store.read_json(out, key, "checkpoint.json")
+    if not ckpt:
+        return {"status": "not run"}
+    return {"status": "unfinished", "steps": ckpt["step"], "forward_passes": ckpt["forward_passes"],
+            "wall_time_s": round(ckpt["wall_time_s"], 3), "best_dev_metric": ckpt.get("best_dev")}
 
 
 def _method(cfg: dict, varied: dict) -> str:

@@ -22,16 +22,20 @@ from zoft.train.run_files import RunFiles
 from zoft.train.session import Session, resolve_precision
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Run (or resume) a training run; under torchrun, one data-parallel rank of it."""
+def train(cfg: TrainConfig, resume: bool = False, pause_after: int | None = None) -> dict:
+    """Run (or resume) a training run; under torchrun, one data-parallel rank of it.
+    ``pause_after``: end this piece once it has run that many training forward passes (a
+    checkpoint is saved; ``--resume`` continues), returning ``{"status": "paused", ...}``."""
+    if pause_after is not None and pause_after < 1:
+        raise ValueError(f"--pause-after-passes must be at least 1, got {pause_after}")
     comm = from_env()
     try:
-        return _train(cfg, resume, comm)
+        return _train(cfg, resume, comm, pause_after)
     finally:
         comm.close()
 
 
-def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
+def _train(cfg: TrainConfig, resume: bool, comm: Comm, pause_after: int | None = None) -> dict:
     if comm.world > 1:
         check_data_parallel(cfg, comm.world)
     check_schedule(cfg.lr_schedule, cfg.warmup_steps, cfg.steps)
@@ -89,8 +93,11 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
     if cfg.eval_zero_shot and state["step"] == 0 and not resume:
         state["zero_shot"] = score_zero_shot(s, files, state, comm)
     stop = False
+    piece_end = None if pause_after is None else meter.forward_passes + pause_after
+    paused = lambda: piece_end is not None and meter.forward_passes >= piece_end
     with deferred_interrupt() as interrupted:
-        while state["step"] < cfg.steps and not spent() and not (stop := comm.any(interrupted())):
+        while (state["step"] < cfg.steps and not spent() and not paused()
+               and not (stop := comm.any(interrupted()))):
             step = state["step"]
             batches = [s.batch(comm.shard(micro_batch(s.splits.train, step * cfg.grad_accum + k,
                                                       cfg.batch_size, cfg.seed)))
@@ -126,12 +133,17 @@ def _train(cfg: TrainConfig, resume: bool, comm: Comm) -> dict:
     bar.close()
     if (failed := finite_or_fail()) is not None:
         return failed
-    if cfg.eval_every and (state["step"] % cfg.eval_every or not state["step"]) and not stop:
+    pause = not stop and paused() and state["step"] < cfg.steps and not spent()  # a piece, not the end
+    if cfg.eval_every and (state["step"] % cfg.eval_every or not state["step"]) and not stop and not pause:
         state["best_dev"] = evaluate_dev(s, files, state, comm)  # the end of training is always scored
     save()
     if stop:
         files.log(f"interrupted: checkpoint saved at step {state['step']}; continue with --resume {files.dir}")
         raise KeyboardInterrupt
+    if pause:
+        files.log(f"paused after {pause_after} forward passes: checkpoint saved at step {state['step']} "
+                  f"({meter.forward_passes} passes in all); continue with --resume {files.dir}")
+        return {"status": "paused", "step": state["step"], "forward_passes": meter.forward_passes}
     return files.finish(s, meter, state)
 
 

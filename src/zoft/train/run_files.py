@@ -28,6 +28,10 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(values, source=str(path))
 
 
+PAUSED = 75
+"""zoft train's exit status when --pause-after-passes ended a piece of a run (EX_TEMPFAIL)."""
+
+
 def finished_summary(run_dir: Path) -> dict | None:
     """The summary of a finished run in ``run_dir``; None when there is none (or it failed)."""
     path = run_dir / "summary.json"
