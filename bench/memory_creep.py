@@ -26,9 +26,9 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+from train_process import launch_train
 
 from zoft.bench.runner import thread_env
 
@@ -37,21 +37,6 @@ ARMS = {
     "no_buckets": (["--bucket-positions", "0"], {}),
     "buckets_onednn_cache_0": ([], {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}),
 }
-
-
-def launch(args, run_dir: Path, extra: list[str], env_extra: dict[str, str]) -> subprocess.Popen:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    argv = [sys.executable, "-m", "zoft", "train", "--model", args.model, "--task", args.task,
-            "--peft", args.peft, "--optimizer", args.optimizer, "--lr", str(args.lr), "--steps", str(args.steps),
-            "--batch-size", "16", "--train-size", "1000", "--dev-size", "0", "--test-size", "0",
-            "--no-eval-zero-shot", "--save-every", str(args.steps), "--seed", "0", "--out", str(run_dir), *extra]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
-    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    try:
-        return subprocess.Popen(argv, env={**thread_env(1), **env_extra}, stdout=subprocess.DEVNULL, stderr=log)
-    finally:
-        log.close()  # the child holds its own descriptor
 
 
 def curve(run_dir: Path) -> list[tuple[int, int]]:
@@ -74,7 +59,9 @@ def main() -> None:
     out = Path(args.out)
     work = out / "runs"
     work.mkdir(parents=True, exist_ok=True)
-    procs = {name: launch(args, work / name, *ARMS[name]) for name in args.arms}
+    procs = {name: launch_train(args, work / name, {**thread_env(1), **ARMS[name][1]}, seed=0,
+                               extra=["--save-every", str(args.steps), *ARMS[name][0]])
+             for name in args.arms}
     for name, p in procs.items():
         if p.wait() != 0:
             raise SystemExit(f"zoft train ({name}) exited {p.returncode}: see {work / (name + '.log')}")

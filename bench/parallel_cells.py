@@ -25,29 +25,17 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
+from train_process import launch_train
+
 from zoft.bench.runner import thread_env
-
-
-def launch(args, run_dir: Path, threads: int, seed: int) -> subprocess.Popen:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    env = thread_env(threads)
-    argv = [sys.executable, "-m", "zoft", "train", "--model", args.model, "--task", args.task,
-            "--peft", args.peft, "--optimizer", args.optimizer, "--lr", str(args.lr), "--steps", str(args.steps),
-            "--batch-size", "16", "--train-size", "1000", "--dev-size", "0", "--test-size", "0",
-            "--no-eval-zero-shot", "--seed", str(seed), "--out", str(run_dir)]
-    if args.data_dir:
-        argv += ["--data-dir", args.data_dir]
-    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(run_dir.parent / f"{run_dir.name}.log", "w"))
 
 
 def arm(args, work: Path, name: str, processes: int, threads: int, round_: int) -> dict:
     runs = [work / f"{name}_r{round_}_p{i}" for i in range(processes)]
     work.mkdir(parents=True, exist_ok=True)
-    procs = [launch(args, d, threads, seed=i) for i, d in enumerate(runs)]
+    procs = [launch_train(args, d, thread_env(threads), seed=i) for i, d in enumerate(runs)]
     for p, d in zip(procs, runs):
         if p.wait() != 0:
             raise RuntimeError(f"zoft train exited {p.returncode}: see {d.parent / (d.name + '.log')}")
